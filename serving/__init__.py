@@ -1,0 +1,1 @@
+"""carvana-unet serving side: SavedModel -> TF Serving container handlers -> endpoint -> Lambda."""

@@ -1,0 +1,58 @@
+"""The ``carvana`` command: one subcommand per step of the pipeline.
+
+This is the composition root of the project, the one place that knows every step, so it maps
+subcommand names to modules and imports only the module asked for (importing TensorFlow for
+``carvana --help`` would cost seconds). Each module exposes ``main(argv) -> int`` and can also be
+run with ``python -m``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line summary), in pipeline order.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-sample": ("trainer.data.sample", "write a synthetic dataset in the Kaggle Carvana layout"),
+    "convert": ("trainer.data.convert", "convert a Carvana folder into sharded TFRecords (local or s3://)"),
+    "preview": ("trainer.data.preview", "save a PNG grid of one pipeline batch with masks overlaid"),
+    "train": ("trainer.train", "train the U-Net locally (the SageMaker entry point, local defaults)"),
+    "evaluate": ("trainer.evaluate", "mean Dice per image at full resolution, worst cases as PNGs"),
+    "predict": ("trainer.predict", "masks, cut-outs and a Kaggle submission CSV for photos"),
+    "fit": ("trainer.launch.cli", "launch a training job (--backend local|sagemaker)"),
+    "tune": ("trainer.launch.cli", "launch a hyperparameter tuning job (--backend local|sagemaker)"),
+    "deploy": ("trainer.launch.cli", "deploy a trained model (--backend local|sagemaker)"),
+    "package": ("serving.package", "build model.tar.gz in the TF Serving container layout"),
+    "serve": ("serving.server", "run the local endpoint (SageMaker container + TF Serving REST)"),
+    "gateway": ("serving.gateway", "run the local API gateway in front of the Lambda handler"),
+}
+
+
+def usage() -> str:
+    """The top-level help text listing every subcommand."""
+    width = max(map(len, COMMANDS))
+    lines = ["usage: carvana <command> [options]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "Run 'carvana <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch ``carvana <command> ...`` to the command's module."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"carvana: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    # The launch module serves three commands; it reads which one from its first argument.
+    if module.__name__ == "trainer.launch.cli":
+        rest = [name, *rest]
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pieces of the training loop: configuration, callbacks, the loss-behaviour debugger, plots."""
