@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 CARVANA_DATA ?=
 DEMO   ?= demo
 
-.PHONY: venv test test-all lint demo clean
+.PHONY: venv test test-all lint demo demo-data demo-train demo-evaluate demo-serve clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,53 @@ test: $(STAMP) lint
 test-all: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "slow or not slow"
 
-demo: $(STAMP)
-	CARVANA_DATA="$(CARVANA_DATA)" DEMO="$(DEMO)" PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/demo.sh
+# The whole job on the embedded default (a synthetic sample; CARVANA_DATA=/path uses Kaggle's layout):
+# data -> TFRecords -> a local training job -> evaluation -> masks and cut-outs -> endpoint -> Lambda.
+DEMO_SIZE   ?= 128x192
+DEMO_EPOCHS ?= 12
+CARVANA     := PATH="$(CURDIR)/$(BIN):$$PATH" TF_CPP_MIN_LOG_LEVEL=2 carvana
+
+demo: demo-data demo-train demo-evaluate demo-serve
+	@echo "demo finished: see $(DEMO)/"
+
+demo-data: $(STAMP)
+	@if [ -n "$(CARVANA_DATA)" ]; then echo "using $(CARVANA_DATA)"; rm -rf $(DEMO)/data; mkdir -p $(DEMO); \
+	  ln -sfn "$(abspath $(CARVANA_DATA))" $(DEMO)/data; \
+	else $(CARVANA) make-sample --out $(DEMO)/data --cars 6; fi
+	$(CARVANA) convert --data $(DEMO)/data --out $(DEMO)/tfrecords --size $(DEMO_SIZE) --val-fraction 0.34
+	$(CARVANA) preview --tfrecords $(DEMO)/tfrecords --split train --out $(DEMO)/preview.png
+
+demo-train: $(STAMP)
+	$(CARVANA) fit --backend local --work $(DEMO)/jobs --job-name demo-unet --data $(DEMO)/tfrecords \
+	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --batch-size 8 --learning-rate 0.002 \
+	  --hp max-minutes=4
+
+demo-evaluate: $(STAMP)
+	$(CARVANA) evaluate --model $(DEMO)/jobs/demo-unet/output/model.tar.gz --data $(DEMO)/data \
+	  --manifest $(DEMO)/tfrecords --split validation --worst 4 --out $(DEMO)/evaluation
+	mkdir -p $(DEMO)/photos && ls $(DEMO)/data/train/*.jpg | head -4 | xargs -I{} cp {} $(DEMO)/photos/
+	$(CARVANA) predict $(DEMO)/photos --model $(DEMO)/jobs/demo-unet/output/model.tar.gz --cutout \
+	  --out $(DEMO)/predictions
+	$(CARVANA) package --model-dir $(DEMO)/jobs/demo-unet/opt/ml/model --out $(DEMO)/model.tar.gz
+
+# The user's last step: serve the model, call the Lambda through the local API gateway.
+SERVE_PORT   ?= 8080
+GATEWAY_PORT ?= 3000
+demo-serve: $(STAMP)
+	@set -e; mkdir -p $(DEMO)/lambda; \
+	export ENDPOINT_NAME=carvana-unet AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:$(SERVE_PORT) \
+	  AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local; \
+	$(CARVANA) serve --model $(DEMO)/model.tar.gz --port $(SERVE_PORT) > $(DEMO)/serve.log 2>&1 & srv=$$!; \
+	$(CARVANA) gateway --handler lambda/handler.py --port $(GATEWAY_PORT) > $(DEMO)/gateway.log 2>&1 & gw=$$!; \
+	trap 'kill $$srv $$gw 2>/dev/null; wait $$srv $$gw 2>/dev/null' EXIT; \
+	for i in $$(seq 240); do curl -sf -o /dev/null http://127.0.0.1:$(SERVE_PORT)/ping && \
+	  curl -s -o /dev/null http://127.0.0.1:$(GATEWAY_PORT)/ && break; sleep 0.5; done; \
+	for photo in $(DEMO)/photos/*.jpg; do name=$$(basename $$photo .jpg); \
+	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	    http://127.0.0.1:$(GATEWAY_PORT)/mask -o $(DEMO)/lambda/$${name}_mask.png; \
+	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
+	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png"; done
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache *.egg-info

@@ -9,6 +9,7 @@ run with ``python -m``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 # name -> (module, one-line summary), in pipeline order.
@@ -47,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"carvana: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the progress people follow;
+    # TF_CPP_MIN_LOG_LEVEL=0 brings it back.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     module = importlib.import_module(COMMANDS[name][0])
     # The launch module serves three commands; it reads which one from its first argument.
     if module.__name__ == "trainer.launch.cli":

@@ -1,0 +1,238 @@
+"""The SageMaker side of ``carvana serve``: the container's ``/ping`` and ``/invocations``, and the
+SageMaker Runtime route ``POST /endpoints/<name>/invocations`` in front of them.
+
+``/invocations`` does what the TF Serving container's Python service (python_service.py and
+tfs_utils.py in aws/sagemaker-tensorflow-serving-container) does: build the ``Context`` namedtuple
+from the request (custom attributes ``tfs-model-name``, ``tfs-model-version``, ``tfs-method`` pick
+the TF Serving URI; Content-Type and Accept default to application/json), call the model's
+``input_handler``, POST its result over real HTTP to TF Serving at ``context.rest_uri``, and return
+what ``output_handler`` makes of the ``requests`` response. The handlers are the model's own
+``code/inference.py`` (with ``code/`` and ``code/lib`` importable, as the container sets
+``--pythonpath``) when the model carries one, else :mod:`serving.inference`.
+
+One difference, on purpose: the container answers every handler exception with 500; here an
+exception's ``status_code`` (400-599) is honoured, so bad input reads as a client error locally.
+
+The runtime route answers like SageMaker Runtime, so unchanged boto3 ``invoke_endpoint`` and the
+SDK's predictors work against it: the container's body and Content-Type with
+``x-Amzn-Invoked-Production-Variant`` on success; on a container error, HTTP 424 ``ModelError`` with
+``OriginalStatusCode`` and ``OriginalMessage``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import json
+import logging
+import re
+import sys
+import uuid
+from collections import namedtuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
+
+import flask
+import requests
+
+log = logging.getLogger(__name__)
+
+# The container's request context, field for field (tfs_utils.py).
+Context = namedtuple(
+    "Context",
+    "model_name, model_version, method, rest_uri, grpc_port, channel, "
+    "custom_attributes, request_content_type, accept_header, content_length",
+)
+CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
+DEFAULT_CONTENT_TYPE = "application/json"
+DEFAULT_ACCEPT = "application/json"
+PRODUCTION_VARIANT = "AllTraffic"
+Handler = Callable[[Any, Context], tuple[bytes, str]]
+
+
+class Health(Protocol):
+    """What /ping needs to know about the model server."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    error: str | None
+
+
+def parse_tfs_attributes(header: str | None) -> dict[str, str]:
+    """``tfs-*`` pairs from the custom attributes header (other attributes are the handler's)."""
+    pairs = re.findall(r"(tfs-[a-z\-]+=[^,]+)", header or "")
+    return dict(pair.strip().split("=", 1) for pair in pairs)
+
+
+def make_rest_uri(port: int, attributes: Mapping[str, str], default_model_name: str) -> str:
+    """TF Serving's REST URI for a request, as the container builds it."""
+    uri = f"http://127.0.0.1:{port}/v1/models/{attributes.get('tfs-model-name', default_model_name)}"
+    if attributes.get("tfs-model-version"):
+        uri += "/versions/" + attributes["tfs-model-version"]
+    return uri + ":" + attributes.get("tfs-method", "predict")
+
+
+@dataclass(frozen=True)
+class Handlers:
+    """The request handler built from a model's inference script, and where it came from."""
+
+    handle: Handler
+    source: str
+
+
+def _import_script(script: Path) -> ModuleType:
+    code_dir = script.parent
+    for folder in (code_dir / "lib", code_dir):
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("inference", script)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{script}: cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_handlers(code_dir: Path | None) -> Handlers:
+    """The container's handler from ``code_dir/inference.py``, else from :mod:`serving.inference`.
+
+    Like the container: ``handler(data, context)`` if defined, else the pair ``input_handler`` /
+    ``output_handler`` around a real HTTP POST to ``context.rest_uri``.
+    """
+    script = code_dir / "inference.py" if code_dir else None
+    if script and script.is_file():
+        module, source = _import_script(script), str(script)
+    else:
+        module, source = importlib.import_module("serving.inference"), "serving.inference"
+    if hasattr(module, "handler"):
+        return Handlers(module.handler, source)
+    if not (hasattr(module, "input_handler") and hasattr(module, "output_handler")):
+        raise NotImplementedError(f"{source}: handlers are not implemented correctly in user script.")
+
+    def handle(data: Any, context: Context) -> tuple[bytes, str]:
+        processed = module.input_handler(data, context)
+        response = requests.post(context.rest_uri, data=processed, timeout=60)
+        return module.output_handler(response, context)
+
+    return Handlers(handle, source)
+
+
+def _error_status(err: Exception) -> int:
+    status = getattr(err, "status_code", None)
+    return status if isinstance(status, int) and 400 <= status <= 599 else 500
+
+
+class Container:
+    """``/invocations``: the model's handlers in front of TF Serving's REST port."""
+
+    def __init__(self, handlers: Handlers, rest_port: int, default_model_name: str) -> None:
+        self.handlers = handlers
+        self.rest_port = rest_port
+        self.default_model_name = default_model_name
+
+    def context(self, headers: Mapping[str, str], content_length: int | None) -> Context:
+        """The container's Context for a request's headers (a case-insensitive mapping)."""
+        header = headers.get(CUSTOM_ATTRIBUTES_HEADER)
+        attributes = parse_tfs_attributes(header)
+        return Context(
+            attributes.get("tfs-model-name"),
+            attributes.get("tfs-model-version"),
+            attributes.get("tfs-method"),
+            make_rest_uri(self.rest_port, attributes, self.default_model_name),
+            None,  # no gRPC port: only TF Serving's REST API is served locally
+            None,
+            header,
+            headers.get("Content-Type") or DEFAULT_CONTENT_TYPE,
+            headers.get("Accept") or DEFAULT_ACCEPT,
+            content_length,
+        )
+
+    def invoke(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+        """Run the handlers: ``(status, body, content type)``; errors as ``{"error": message}``."""
+        context = self.context(headers, len(body))
+        try:
+            payload, content_type = self.handlers.handle(io.BytesIO(body), context)
+        except Exception as err:
+            status = _error_status(err)
+            level = logging.WARNING if status < 500 else logging.ERROR
+            log.log(level, "invocation failed (%d): %s", status, err)
+            return status, json.dumps({"error": str(err)}).encode("utf-8"), "application/json"
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        return 200, payload, content_type
+
+
+def _runtime_error(status: int, error_type: str, body: dict[str, Any]) -> flask.Response:
+    """An error as SageMaker Runtime sends it: botocore reads the type from ``x-amzn-ErrorType``."""
+    response = flask.Response(json.dumps(body), status=status, content_type="application/json")
+    response.headers["x-amzn-ErrorType"] = error_type
+    response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+    return response
+
+
+def runtime_response(status: int, body: bytes, content_type: str) -> flask.Response:
+    """A container answer as SageMaker Runtime relays it to ``invoke_endpoint``."""
+    if status == 200:
+        response = flask.Response(body, status=200, content_type=content_type)
+        response.headers["x-Amzn-Invoked-Production-Variant"] = PRODUCTION_VARIANT
+        response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
+        return response
+    text = body.decode("utf-8", errors="replace")
+    kind = "client" if status < 500 else "server"
+    return _runtime_error(
+        424,
+        "ModelError",
+        {
+            "ErrorCode": f"{kind.upper()}_ERROR_FROM_MODEL",
+            "Message": f'Received {kind} error ({status}) from primary with message "{text}". '
+            "See the carvana serve log for more information.",
+            "OriginalStatusCode": status,
+            "OriginalMessage": text,
+        },
+    )
+
+
+def container_blueprint(
+    container: Callable[[], Container | None], health: Health, endpoint_name: str | None
+) -> flask.Blueprint:
+    """``/ping``, ``/invocations`` and the runtime's ``/endpoints/<name>/invocations``.
+
+    ``container`` returns None until the model (and so its handlers) is loaded.
+    """
+    blueprint = flask.Blueprint("container", __name__)
+
+    def not_ready() -> tuple[int, bytes, str]:
+        message = health.error or "the model is still loading"
+        return 503, json.dumps({"error": message}).encode(), "application/json"
+
+    def invoke() -> tuple[int, bytes, str]:
+        current = container()
+        if current is None or not health.ready:
+            return not_ready()
+        return current.invoke(flask.request.get_data(), flask.request.headers)
+
+    @blueprint.get("/ping")
+    def ping() -> flask.Response:
+        if container() is None or not health.ready:
+            status, body, content_type = not_ready()
+            return flask.Response(body, status=status, content_type=content_type)
+        return flask.Response(b"", status=200)
+
+    @blueprint.post("/invocations")
+    def invocations() -> flask.Response:
+        status, body, content_type = invoke()
+        return flask.Response(body, status=status, content_type=content_type)
+
+    @blueprint.post("/endpoints/<name>/invocations")
+    def runtime_invocations(name: str) -> flask.Response:
+        if endpoint_name and name != endpoint_name:
+            message = f"Endpoint {name} not found (this server serves {endpoint_name})."
+            return _runtime_error(400, "ValidationError", {"message": message})
+        return runtime_response(*invoke())
+
+    return blueprint

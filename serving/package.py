@@ -1,0 +1,111 @@
+"""``carvana package``: build model.tar.gz in the layout the SageMaker TF Serving container loads.
+
+    unet/<version>/saved_model.pb, unet/<version>/variables/...   the SavedModel (newest version)
+    code/inference.py                                            serving/inference.py (the handlers)
+    code/requirements.txt                                        what the handlers import besides stdlib
+    code/lib/trainer/__init__.py, data/__init__.py, data/rle.py  the RLE module, vendored
+
+The handlers import ``trainer.data.rle``; the container puts ``code/lib`` on the Python path, so the
+same RLE code that writes the Kaggle CSV runs in the endpoint without installing the project (and
+without TensorFlow in the Python service). The archive is written under a temporary name and
+renamed, so a failed run never leaves a truncated model.tar.gz behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from serving.model_server import signature_defs
+from trainer.atomic import atomic_path
+from trainer.saved_model_io import ModelLoadError, find_saved_model
+
+REPO = Path(__file__).resolve().parents[1]
+HANDLERS = REPO / "serving" / "inference.py"
+# The handlers' third-party imports; everything else they need is vendored under code/lib.
+REQUIREMENTS = "numpy>=1.26\nPillow>=10\n"
+VENDORED = ("trainer/__init__.py", "trainer/data/__init__.py", "trainer/data/rle.py")
+REQUIRED_SIGNATURE = "mask_png"
+
+
+class PackageError(ValueError):
+    """The model folder cannot be packaged; the message names the path and what was expected."""
+
+
+def _tarinfo(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Owner-neutral entries with plain permissions (the archive is built on any machine)."""
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if info.isdir() else 0o644
+    return info
+
+
+def _check_signatures(folder: Path) -> None:
+    signatures = signature_defs(folder)
+    if REQUIRED_SIGNATURE not in signatures:
+        found = ", ".join(sorted(name for name in signatures if not name.startswith("__"))) or "none"
+        raise PackageError(
+            f"{folder}: the SavedModel has no {REQUIRED_SIGNATURE!r} signature, which code/inference.py "
+            f"calls (found: {found}); export it with trainer/export.py"
+        )
+
+
+def package(model_dir: Path, out: Path, *, model_name: str = "unet") -> list[str]:
+    """Write ``out`` (model.tar.gz) from the newest SavedModel in ``model_dir``; the member names."""
+    if not model_dir.is_dir():
+        raise PackageError(f"--model-dir {model_dir}: not a folder (expected a SavedModel folder or a "
+                           f"model_dir holding {model_name}/<version>/)")
+    try:
+        folder = find_saved_model(model_dir)
+    except ModelLoadError as err:
+        raise PackageError(str(err)) from None
+    _check_signatures(folder)
+    version = folder.name if folder.name.isdigit() else "1"
+    members = [(folder, f"{model_name}/{version}"), (HANDLERS, "code/inference.py")]
+    members += [(REPO / path, f"code/lib/{path}") for path in VENDORED]
+    with atomic_path(out) as tmp:
+        with tarfile.open(tmp, "w:gz") as archive:
+            for source, name in members:
+                archive.add(source, arcname=name, filter=_tarinfo)
+            requirements = REQUIREMENTS.encode()
+            info = _tarinfo(tarfile.TarInfo("code/requirements.txt"))
+            info.size, info.mtime = len(requirements), int(time.time())
+            archive.addfile(info, io.BytesIO(requirements))
+        with tarfile.open(tmp) as archive:
+            names = archive.getnames()
+    return names
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carvana package",
+        description="Build model.tar.gz for the SageMaker TF Serving container: the SavedModel under "
+        "unet/<version>/, code/inference.py, code/requirements.txt and the vendored RLE in code/lib.",
+    )
+    parser.add_argument("--model-dir", required=True, type=Path,
+                        help="SavedModel folder, or a model_dir holding unet/<version>/ (the newest is used)")
+    parser.add_argument("--out", required=True, type=Path, help="the archive to write, e.g. model.tar.gz")
+    parser.add_argument("--model-name", default="unet", help="TF Serving model name (folder in the archive)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        names = package(args.model_dir, args.out, model_name=args.model_name)
+    except PackageError as err:
+        parser.error(str(err))
+    size = args.out.stat().st_size
+    model = next(name for name in names if name.endswith("saved_model.pb")).rsplit("/", 1)[0]
+    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(names)} entries): {model}/ (SavedModel), "
+          "code/inference.py, code/requirements.txt, code/lib/trainer/data/rle.py (vendored)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The exported SavedModel: reloaded without Keras objects, fed real JPEG bytes, compared with Keras."""
+
+from __future__ import annotations
+
+import io
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from trainer.export import MODEL_NAME, export_saved_model
+from trainer.model.losses import bce_dice_loss
+from trainer.model.unet import build_unet
+
+MODEL_SIZE = (64, 96)
+
+
+def photo(height: int, width: int, seed: int) -> np.ndarray:
+    """A bright blob (the 'car') on a dark, noisy background, uint8 (H, W, 3)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    blob = ((yy - height / 2) / (height / 3)) ** 2 + ((xx - width / 2) / (width / 3)) ** 2 < 1
+    image = rng.integers(0, 60, (height, width, 3)) + blob[..., None] * 170
+    return image.astype(np.uint8)
+
+
+def encode(image: np.ndarray, fmt: str = "JPEG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt, quality=95)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny U-Net, fitted a few steps so its masks are not all one value, and its SavedModel."""
+    keras.utils.set_random_seed(0)
+    # No batch norm: its moving averages would need far more steps than this to settle.
+    model = build_unet(input_shape=(*MODEL_SIZE, 3), depth=2, base_filters=4, batch_norm=False)
+    images = np.stack([photo(*MODEL_SIZE, seed) for seed in range(4)]).astype(np.float32) / 255
+    masks = (images.mean(axis=-1, keepdims=True) > 0.4).astype(np.float32)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=bce_dice_loss)
+    model.fit(images, masks, epochs=15, verbose=0)
+    model_dir = tmp_path_factory.mktemp("model")
+    export_dir = export_saved_model(model, model_dir, MODEL_SIZE)
+    return model, export_dir, tf.saved_model.load(str(export_dir))
+
+
+def test_layout_and_signatures(exported):
+    _, export_dir, loaded = exported
+    assert export_dir.parts[-2:] == (MODEL_NAME, "1")
+    assert (export_dir / "saved_model.pb").is_file() and (export_dir / "variables").is_dir()
+    assert set(loaded.signatures) == {"serving_default", "mask_png", "predict_images"}
+    inputs = {name: sig.structured_input_signature[1] for name, sig in loaded.signatures.items()}
+    assert inputs["serving_default"]["image_bytes"].dtype == tf.string
+    assert inputs["mask_png"]["image_bytes"].shape.as_list() == [None]
+    assert inputs["predict_images"]["images"].shape.as_list() == [None, None, None, 3]
+    outputs = {name: set(sig.structured_outputs) for name, sig in loaded.signatures.items()}
+    assert outputs["serving_default"] == outputs["predict_images"] == {"probabilities", "mask"}
+    assert outputs["mask_png"] == {"mask_png_bytes", "height", "width", "car_fraction"}
+
+
+def test_savedmodel_matches_the_keras_model_at_its_input_size(exported):
+    model, _, loaded = exported
+    images = np.stack([photo(*MODEL_SIZE, seed) for seed in (10, 11)]).astype(np.float32) / 255
+    expected = tf.sigmoid(model(images, training=False))[..., 0].numpy()
+    out = loaded.signatures["predict_images"](images=tf.constant(images))
+    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+    sure = np.abs(expected - 0.5) > 1e-3
+    np.testing.assert_array_equal(out["mask"].numpy()[sure], (expected > 0.5)[sure])
+    # The fitted model marks the blob, not everything or nothing.
+    assert 0.2 < out["mask"].numpy().mean() < 0.8
+
+
+def test_serving_default_returns_masks_at_the_photo_size(exported):
+    _, _, loaded = exported
+    photos = [photo(150, 230, seed) for seed in (1, 2)]
+    out = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(p) for p in photos]))
+    assert out["probabilities"].shape == (2, 150, 230) and out["probabilities"].dtype == tf.float32
+    assert out["mask"].dtype == tf.uint8 and set(np.unique(out["mask"].numpy())) <= {0, 1}
+    np.testing.assert_array_equal(out["mask"].numpy(), (out["probabilities"].numpy() > 0.5).astype(np.uint8))
+    # Lossless PNG bytes and the same pixels as floats: both signatures give the same answer.
+    lossless = loaded.signatures["serving_default"](
+        image_bytes=tf.constant([encode(p, "PNG") for p in photos])
+    )
+    floats = loaded.signatures["predict_images"](
+        images=tf.constant(np.stack(photos).astype(np.float32) / 255)
+    )
+    np.testing.assert_allclose(floats["probabilities"].numpy(), lossless["probabilities"].numpy(), atol=1e-5)
+
+
+def test_png_input_and_mixed_sizes_in_one_batch_need_mask_png(exported):
+    _, _, loaded = exported
+    with pytest.raises(tf.errors.InvalidArgumentError, match="all photos of a batch must have the same size"):
+        loaded.signatures["serving_default"](
+            image_bytes=tf.constant([encode(photo(64, 96, 0)), encode(photo(80, 100, 0))])
+        )
+    png = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(photo(70, 90, 3), "PNG")]))
+    assert png["mask"].shape == (1, 70, 90)
+
+
+def test_mask_png_answers_each_photo_at_its_own_size(exported):
+    _, _, loaded = exported
+    photos = [photo(150, 230, 1), photo(61, 77, 2), photo(64, 96, 3)]
+    out = loaded.signatures["mask_png"](image_bytes=tf.constant([encode(p) for p in photos]))
+    assert out["height"].numpy().tolist() == [150, 61, 64]
+    assert out["width"].numpy().tolist() == [230, 77, 96]
+    for png, image, fraction in zip(
+        out["mask_png_bytes"].numpy(), photos, out["car_fraction"].numpy(), strict=True
+    ):
+        mask = Image.open(io.BytesIO(png))
+        assert mask.mode == "L" and mask.size == (image.shape[1], image.shape[0])
+        values = np.asarray(mask)
+        assert set(np.unique(values)) <= {0, 255}
+        assert fraction == pytest.approx((values == 255).mean(), abs=1e-6)
+        single = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(image)]))
+        np.testing.assert_array_equal(values // 255, single["mask"].numpy()[0])
+
+
+def test_full_size_carvana_photo(exported, real_data):
+    _, _, loaded = exported
+    jpeg = sorted((real_data / "train").glob("*.jpg"))[0].read_bytes()
+    out = loaded.signatures["mask_png"](image_bytes=tf.constant([jpeg]))
+    assert (int(out["height"][0]), int(out["width"][0])) == (1280, 1918)
+    assert Image.open(io.BytesIO(out["mask_png_bytes"].numpy()[0])).size == (1918, 1280)
+
+
+def test_export_replaces_an_earlier_version_whole(exported, tmp_path):
+    model, _, _ = exported
+    first = export_saved_model(model, tmp_path, MODEL_SIZE)
+    (first / "stale.txt").write_text("from the earlier export")
+    second = export_saved_model(model, tmp_path, MODEL_SIZE)
+    assert second == first and not (second / "stale.txt").exists()
+    assert sorted(p.name for p in (tmp_path / MODEL_NAME).iterdir()) == ["1"]

@@ -1,0 +1,203 @@
+"""serving/inference.py: the container's input/output handlers on real JPEG/PNG bytes.
+
+The output handler always gets a real ``requests`` response from a real TF Serving REST call (the
+``served_endpoint`` fixture runs ``carvana serve`` on an exported U-Net), as in the container.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from serving import inference
+from serving.container import Context
+from serving.inference import (
+    MEDIA_CUTOUT_PNG,
+    HandlerLimits,
+    OutputFormat,
+    RequestError,
+    check_photo,
+    input_handler,
+    negotiate_output,
+    output_handler,
+)
+from trainer.data.rle import rle_decode
+
+
+def context(content_type: str = "image/jpeg", accept: str = "image/png", rest_uri: str = "") -> Context:
+    """The container's Context as python_service builds it for a request."""
+    return Context("unet", None, None, rest_uri, None, None, None, content_type, accept, None)
+
+
+def round_trip(url: str, photo: bytes, content_type: str, accept: str, body: Any = None) -> tuple[bytes, str]:
+    """input_handler -> real POST to TF Serving -> output_handler, as python_service chains them."""
+    ctx = context(content_type, accept, f"{url}/v1/models/unet:predict")
+    processed = input_handler(io.BytesIO(photo if body is None else body), ctx)
+    return output_handler(requests.post(ctx.rest_uri, data=processed, timeout=60), ctx)
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("image/png", OutputFormat.MASK_PNG),
+        ("*/*", OutputFormat.MASK_PNG),
+        ("application/json", OutputFormat.RLE_JSON),
+        ("", OutputFormat.RLE_JSON),
+        ("image/png; variant=cutout", OutputFormat.CUTOUT_PNG),
+        ('Image/PNG;Variant="cutout"', OutputFormat.CUTOUT_PNG),
+        ("text/html, application/json;q=0.5, image/png;q=0.9", OutputFormat.MASK_PNG),
+        ("application/json, image/png; variant=cutout", OutputFormat.RLE_JSON),
+    ],
+)
+def test_accept_negotiation(accept: str, expected: OutputFormat) -> None:
+    assert negotiate_output(accept) is expected
+
+
+def test_unsupported_accept_is_406_naming_the_choices() -> None:
+    with pytest.raises(RequestError) as err:
+        negotiate_output("text/html")
+    assert err.value.status_code == 406
+    assert "'text/html' is not supported" in str(err.value)
+    assert "image/png; variant=cutout" in str(err.value)
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/x-image", "Image/JPEG;x=1"])
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_input_handler_sends_the_photo_bytes_to_mask_png(make_photo, content_type: str, fmt: str) -> None:
+    photo = make_photo(fmt=fmt)
+    request = json.loads(input_handler(io.BytesIO(photo), context(content_type)))
+    assert request["signature_name"] == "mask_png"
+    assert base64.b64decode(request["instances"][0]["image_bytes"]["b64"]) == photo
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        lambda b64: {"instances": [{"b64": b64}]},
+        lambda b64: {"instances": [{"image_bytes": {"b64": b64}}]},
+        lambda b64: {"image": b64},
+        lambda b64: {"image": b64.rstrip("=")},  # unpadded base64 is accepted too
+    ],
+)
+def test_input_handler_reads_base64_json(make_photo, document) -> None:
+    photo = make_photo()
+    body = json.dumps(document(base64.b64encode(photo).decode())).encode()
+    request = json.loads(input_handler(io.BytesIO(body), context("application/json")))
+    assert base64.b64decode(request["instances"][0]["image_bytes"]["b64"]) == photo
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "status", "message"),
+    [
+        ("image/jpeg", b"", 400, "request body is empty"),
+        ("image/jpeg", b"hello, not a photo", 400, "is not an image: expected JPEG or PNG"),
+        ("text/csv", b"1,2,3", 415, "Content-Type 'text/csv' is not supported"),
+        ("application/json", b"{not json", 400, "request body is not valid JSON"),
+        ("application/json", b"[1, 2]", 400, "JSON body must be an object"),
+        ("application/json", b'{"instances": []}', 400, 'neither "image" nor a non-empty "instances"'),
+        ("application/json", b'{"instances": [{"b64": "AA"}, {"b64": "AA"}]}', 400, "one photo per request"),
+        ("application/json", b'{"image": "***"}', 400, 'JSON field "image" is not valid base64'),
+        ("application/json", b'{"image": 42}', 400, 'JSON field "image" must be a base64 string'),
+        ("application/json", b'{"instances": [[1, 2]]}', 400, "instances[0] must be"),
+    ],
+)
+def test_bad_requests_name_what_was_wrong(content_type: str, body: bytes, status: int, message: str) -> None:
+    with pytest.raises(RequestError) as err:
+        input_handler(io.BytesIO(body), context(content_type))
+    assert err.value.status_code == status
+    assert message in str(err.value)
+
+
+def test_formats_the_model_cannot_read_are_415(make_photo) -> None:
+    with pytest.raises(RequestError, match="photo format GIF is not supported") as err:
+        input_handler(io.BytesIO(make_photo(fmt="GIF")), context("image/png"))
+    assert err.value.status_code == 415
+
+
+def test_photo_over_the_byte_limit_is_413(make_photo) -> None:
+    photo = make_photo()
+    big = photo + bytes(inference.LIMITS.max_image_bytes)
+    limit = inference.LIMITS.max_image_bytes
+    with pytest.raises(RequestError, match=f"over the limit of {limit} bytes") as err:
+        input_handler(io.BytesIO(big), context())
+    assert err.value.status_code == 413
+    with pytest.raises(RequestError, match="over the limit of 100 bytes"):
+        check_photo(photo, HandlerLimits(max_image_bytes=100))
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "message"),
+    [
+        (8000, 6000, "8000x6000 = 48000000 pixels, over the limit of 40000000"),
+        (60000, 60000, "decompression bomb"),
+    ],
+)
+def test_decompression_bombs_are_refused_from_the_header(
+    png_header, width: int, height: int, message: str
+) -> None:
+    bomb = png_header(width, height)
+    assert len(bomb) < 1000
+    with pytest.raises(RequestError, match=message) as err:
+        input_handler(io.BytesIO(bomb), context("image/png"))
+    assert err.value.status_code == 413
+
+
+def test_limits_come_from_the_environment() -> None:
+    limits = HandlerLimits.from_env({"CARVANA_MAX_IMAGE_BYTES": "1000", "CARVANA_MAX_PIXELS": "50"})
+    assert limits == HandlerLimits(max_image_bytes=1000, max_pixels=50)
+    assert HandlerLimits.from_env({}) == HandlerLimits()
+    with pytest.raises(ValueError, match="CARVANA_MAX_PIXELS='lots' is not an integer"):
+        HandlerLimits.from_env({"CARVANA_MAX_PIXELS": "lots"})
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_mask_rle_and_cutout_agree_at_the_photos_size(served_endpoint: str, make_photo, fmt: str) -> None:
+    photo = make_photo(height=70, width=110, fmt=fmt, seed=3)
+    content_type = f"image/{fmt.lower()}"
+
+    png, png_type = round_trip(served_endpoint, photo, content_type, "image/png")
+    assert png_type == "image/png"
+    mask_image = Image.open(io.BytesIO(png))
+    assert (mask_image.mode, mask_image.size) == ("L", (110, 70))
+    mask = np.asarray(mask_image)
+    assert set(np.unique(mask)) <= {0, 255}
+
+    body, json_type = round_trip(served_endpoint, photo, content_type, "application/json")
+    assert json_type == "application/json"
+    answer = json.loads(body)
+    assert (answer["width"], answer["height"]) == (110, 70)
+    np.testing.assert_array_equal(rle_decode(answer["rle"], 70, 110), mask // 255)
+    assert answer["car_fraction"] == pytest.approx((mask > 0).mean(), abs=1e-6)
+
+    cutout, cutout_type = round_trip(served_endpoint, photo, content_type, MEDIA_CUTOUT_PNG)
+    assert cutout_type == MEDIA_CUTOUT_PNG
+    rgba = Image.open(io.BytesIO(cutout))
+    assert (rgba.mode, rgba.size) == ("RGBA", (110, 70))
+    pixels = np.asarray(rgba)
+    np.testing.assert_array_equal(pixels[..., 3], mask)
+    rgb = np.asarray(Image.open(io.BytesIO(photo)).convert("RGB"))
+    np.testing.assert_array_equal(pixels[..., :3], np.where(mask[..., None] > 0, rgb, 0))
+
+
+def test_json_input_gives_the_same_mask_as_raw_bytes(served_endpoint: str, make_photo) -> None:
+    photo = make_photo(seed=5)
+    raw, _ = round_trip(served_endpoint, photo, "image/jpeg", "image/png")
+    document = json.dumps({"instances": [{"b64": base64.b64encode(photo).decode()}]}).encode()
+    via_json, _ = round_trip(served_endpoint, photo, "application/json", "image/png", body=document)
+    assert via_json == raw
+
+
+def test_tf_serving_errors_reach_the_caller_with_their_status(served_endpoint: str) -> None:
+    ctx = context(rest_uri=f"{served_endpoint}/v1/models/unet/versions/7:predict")
+    response = requests.post(ctx.rest_uri, data=json.dumps({"instances": [{"b64": "AA=="}]}), timeout=60)
+    expected = r"TF Serving answered 404: Servable not found for request: Specific\(unet, 7\)"
+    with pytest.raises(RequestError, match=expected) as err:
+        output_handler(response, ctx)
+    assert err.value.status_code == 404

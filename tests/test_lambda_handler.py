@@ -1,0 +1,528 @@
+"""lambda/handler.py: real API Gateway events and direct invocations in, proxy responses out.
+
+The endpoint is the real local one (``served_endpoint``: ``carvana serve`` on a trained model,
+reached through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` exactly as on AWS); S3 is moto in server
+mode (``AWS_ENDPOINT_URL_S3``). Bad inputs are checked for their status *and* their message.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import socket
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+
+from serving.gateway import LambdaContext, load_handler
+from trainer.data.rle import rle_decode
+
+REPO = Path(__file__).resolve().parents[1]
+HANDLER_FILE = REPO / "lambda" / "handler.py"
+BUCKET = "studio-photos"
+JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+
+
+@pytest.fixture(scope="module")
+def lam() -> ModuleType:
+    """lambda/handler.py loaded by path, as the Lambda runtime and the gateway load it."""
+    return sys.modules[load_handler(HANDLER_FILE, "handler").__module__]
+
+
+def context(request_id: str = "req-0001") -> LambdaContext:
+    return LambdaContext(
+        function_name="mask", aws_request_id=request_id, memory_limit_in_mb=256, deadline=1e12
+    )
+
+
+def v2_event(
+    body: bytes,
+    content_type: str | None,
+    *,
+    query: dict[str, str] | None = None,
+    accept: str | None = None,
+    method: str = "POST",
+) -> dict[str, Any]:
+    """An HTTP API (payload 2.0) event as API Gateway builds it for a binary body."""
+    headers = {"host": "abc.execute-api.us-east-1.amazonaws.com", "user-agent": "curl/8.5.0"}
+    headers |= {"content-type": content_type} if content_type else {}
+    headers |= {"accept": accept} if accept else {}
+    event = {
+        "version": "2.0",
+        "routeKey": "POST /mask",
+        "rawPath": "/mask",
+        "rawQueryString": "&".join(f"{k}={v}" for k, v in (query or {}).items()),
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "abc",
+            "requestId": "api-v2-id",
+            "routeKey": "POST /mask",
+            "stage": "$default",
+            "http": {
+                "method": method,
+                "path": "/mask",
+                "protocol": "HTTP/1.1",
+                "sourceIp": "198.51.100.7",
+                "userAgent": "curl/8.5.0",
+            },
+        },
+        "isBase64Encoded": True,
+        "body": base64.b64encode(body).decode(),
+    }
+    if query:
+        event["queryStringParameters"] = query
+    return event
+
+
+def v1_event(
+    body: bytes, content_type: str, *, accept: str | None = None, base64_body: bool = True
+) -> dict[str, Any]:
+    """A REST API (payload 1.0) event: original header case, None for absent maps."""
+    headers = {"Content-Type": content_type, **({"Accept": accept} if accept else {})}
+    return {
+        "resource": "/mask",
+        "path": "/mask",
+        "httpMethod": "POST",
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "requestId": "api-v1-id",
+            "stage": "Prod",
+            "httpMethod": "POST",
+            "resourcePath": "/mask",
+        },
+        "body": base64.b64encode(body).decode() if base64_body else body.decode(),
+        "isBase64Encoded": base64_body,
+    }
+
+
+def text_event(body: bytes, content_type: str = "application/json") -> dict[str, Any]:
+    """A REST API event with a text body (not base64), as for JSON requests."""
+    return v1_event(body, content_type, base64_body=False)
+
+
+def error_of(response: dict[str, Any]) -> tuple[int, str]:
+    assert response["headers"]["Content-Type"] == "application/json" and response["isBase64Encoded"] is False
+    return response["statusCode"], json.loads(response["body"])["error"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def moto_s3(moto_server: str) -> str:
+    """The session's moto server (S3 over real HTTP) with the studio bucket in it."""
+    s3_client(moto_server).create_bucket(Bucket=BUCKET)
+    return moto_server
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, moto_s3: str) -> pytest.MonkeyPatch:
+    """The function's environment as template.yaml sets it, with S3 on moto and no endpoint yet."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": moto_s3,
+        "ENDPOINT_NAME": "carvana-unet",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": f"http://127.0.0.1:{free_port()}",
+        "INPUT_S3_PREFIX": f"s3://{BUCKET}/incoming/",
+        "OUTPUT_S3_PREFIX": f"s3://{BUCKET}/masks/",
+        "MAX_IMAGE_BYTES": "6291456",
+        "LOG_LEVEL": "INFO",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    return monkeypatch
+
+
+def s3_client(url: str) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+# ---- no TensorFlow in the Lambda ------------------------------------------------------------------
+
+
+def test_handler_imports_nothing_but_boto3_and_the_standard_library() -> None:
+    code = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('handler', {str(HANDLER_FILE)!r})\n"
+        "module = importlib.util.module_from_spec(spec); sys.modules['handler'] = module\n"
+        "spec.loader.exec_module(module)\n"
+        "heavy = {'numpy', 'tensorflow', 'PIL', 'keras', 'trainer', 'serving'}\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+# ---- configuration -----------------------------------------------------------------------------
+
+
+def test_missing_endpoint_name_is_a_500_naming_the_variable(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
+    env.delenv("ENDPOINT_NAME")
+    status, message = error_of(lam.handler(v2_event(JPEG_HEAD, "image/jpeg"), context()))
+    assert status == 500 and "ENDPOINT_NAME is not set" in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MAX_IMAGE_BYTES", "lots", "MAX_IMAGE_BYTES must be a positive integer"),
+        ("INPUT_S3_PREFIX", "studio-photos/incoming", "INPUT_S3_PREFIX must look like s3://bucket/key"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR"),
+    ],
+)
+def test_malformed_settings_are_500s_naming_the_variable(
+    lam: ModuleType, env: pytest.MonkeyPatch, name: str, value: str, expected: str
+) -> None:
+    env.setenv(name, value)
+    status, message = error_of(lam.handler(v2_event(JPEG_HEAD, "image/jpeg"), context()))
+    assert status == 500 and expected in message
+
+
+def test_config_reads_prefixes_as_folders(lam: ModuleType) -> None:
+    config = lam.HandlerConfig.from_env(
+        {
+            "ENDPOINT_NAME": "ep",
+            "INPUT_S3_PREFIX": "s3://b/in",
+            "OUTPUT_S3_PREFIX": "s3://b/out/",
+            "MAX_IMAGE_BYTES": "99999999",
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        }
+    )
+    assert config.input_prefix.uri == "s3://b/in/" and config.output_prefix.uri == "s3://b/out/"
+    assert config.max_image_bytes == 6 * 1024 * 1024  # capped at what invoke_endpoint accepts
+    assert config.runtime_endpoint_url == config.s3_endpoint_url == "http://127.0.0.1:9"
+
+
+# ---- bad requests: 4xx with a message, before the endpoint is called ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("event", "status", "expected"),
+    [
+        (v2_event(b"", "image/jpeg"), 400, "request body is empty"),
+        (v2_event(b"GIF89a\x01\x00", "image/jpeg"), 400, "body is not a JPEG or PNG image"),
+        (text_event(b"hello", "text/plain"), 415, "Content-Type 'text/plain' is not supported"),
+        (v2_event(JPEG_HEAD, None), 415, "Content-Type '(none)' is not supported"),
+        (v2_event(JPEG_HEAD, "image/jpeg", query={"format": "gif"}), 400, "format must be one of png, json"),
+        (v2_event(JPEG_HEAD, "image/jpeg", accept="text/html"), 406, "Accept 'text/html' is not supported"),
+        (v2_event(JPEG_HEAD, "image/jpeg", method="GET"), 405, "method GET is not allowed"),
+        (text_event(b"{not json"), 400, "body is not valid JSON"),
+        (text_event(b"[1, 2]"), 400, "JSON body must be an object, got list"),
+        (text_event(b"{}"), 400, 'send exactly one of "s3_uri"'),
+        ({"image_b64": "***"}, 400, '"image_b64" is not valid base64'),
+        ({"image_b64": ""}, 400, '"image_b64" is empty'),
+        ({**v2_event(b"", "image/jpeg"), "body": "@@@"}, 400, "isBase64Encoded but is not valid base64"),
+        ("just a string", 400, "event must be a JSON object, got str"),
+    ],
+    ids=[
+        "empty",
+        "not-an-image",
+        "text",
+        "no-type",
+        "bad-format",
+        "bad-accept",
+        "get",
+        "bad-json",
+        "json-list",
+        "json-empty",
+        "bad-b64",
+        "empty-b64",
+        "bad-event-b64",
+        "string-event",
+    ],
+)
+def test_bad_requests_get_4xx_that_say_what_was_wrong(
+    lam: ModuleType, env: pytest.MonkeyPatch, event: Any, status: int, expected: str
+) -> None:
+    got_status, message = error_of(lam.handler(event, context()))
+    assert (got_status, expected in message) == (status, True), message
+
+
+def test_photo_too_large_is_413_with_the_limit(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
+    env.setenv("MAX_IMAGE_BYTES", "1000")
+    status, message = error_of(lam.handler(v2_event(JPEG_HEAD + bytes(2000), "image/jpeg"), context()))
+    assert (
+        status == 413
+        and f"photo is {2000 + len(JPEG_HEAD):,} bytes, over the limit of 1,000 bytes" in message
+    )
+
+
+def test_inline_photo_over_the_lambda_payload_is_413_pointing_to_s3(
+    lam: ModuleType, env: pytest.MonkeyPatch
+) -> None:
+    photo = JPEG_HEAD + bytes(lam.INLINE_PHOTO_LIMIT)  # fits invoke_endpoint, not a base64 event
+    status, message = error_of(lam.handler({"image_b64": base64.b64encode(photo).decode()}, context()))
+    assert status == 413 and f"over the limit of {lam.INLINE_PHOTO_LIMIT:,} bytes" in message
+    assert f'upload it under s3://{BUCKET}/incoming/ and send {{"s3_uri": ...}}' in message
+
+
+@pytest.mark.parametrize(
+    ("s3_uri", "status", "expected"),
+    [
+        (
+            "https://studio-photos.s3.amazonaws.com/incoming/car.jpg",
+            400,
+            '"s3_uri" must look like s3://bucket/key',
+        ),
+        ("s3:///incoming/car.jpg", 400, '"s3_uri" has no valid bucket name'),
+        (42, 400, '"s3_uri" must look like s3://bucket/key, got 42'),
+        (
+            f"s3://{BUCKET}/masks/car.jpg",
+            403,
+            "is outside the allowed input prefix s3://studio-photos/incoming/",
+        ),
+        (f"s3://{BUCKET}/incoming-old/car.jpg", 403, "outside the allowed input prefix"),
+        (f"s3://{BUCKET}/incoming/", 403, "outside the allowed input prefix"),
+        ("s3://someone-elses-bucket/incoming/car.jpg", 403, "outside the allowed input prefix"),
+        (
+            f"s3://{BUCKET}/incoming/missing.jpg",
+            404,
+            f'"s3_uri" s3://{BUCKET}/incoming/missing.jpg: no such object',
+        ),
+    ],
+    ids=[
+        "https",
+        "no-bucket",
+        "number",
+        "output-prefix",
+        "sibling-prefix",
+        "the-prefix",
+        "other-bucket",
+        "missing",
+    ],
+)
+def test_bad_s3_uris_get_4xx_that_say_what_was_wrong(
+    lam: ModuleType, env: pytest.MonkeyPatch, s3_uri: object, status: int, expected: str
+) -> None:
+    body = json.dumps({"s3_uri": s3_uri}).encode()
+    got_status, message = error_of(lam.handler(text_event(body), context()))
+    assert (got_status, expected in message) == (status, True), message
+
+
+def test_s3_object_over_the_limit_is_413_before_download(
+    lam: ModuleType, env: pytest.MonkeyPatch, moto_s3: str
+) -> None:
+    s3_client(moto_s3).put_object(Bucket=BUCKET, Key="incoming/huge.jpg", Body=JPEG_HEAD + bytes(5000))
+    env.setenv("MAX_IMAGE_BYTES", "4096")
+    status, message = error_of(lam.handler({"s3_uri": f"s3://{BUCKET}/incoming/huge.jpg"}, context()))
+    assert status == 413 and "over the limit of 4,096 bytes" in message
+
+
+def test_s3_input_needs_both_prefixes(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
+    env.delenv("OUTPUT_S3_PREFIX")
+    status, message = error_of(lam.handler({"s3_uri": f"s3://{BUCKET}/incoming/car.jpg"}, context()))
+    assert status == 400 and "S3 input is not enabled here" in message
+
+
+def test_unreachable_endpoint_is_502_naming_it(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
+    status, message = error_of(lam.handler(v2_event(JPEG_HEAD, "image/jpeg"), context()))
+    assert status == 502 and "could not reach endpoint carvana-unet" in message
+
+
+def test_each_request_logs_one_json_line(
+    lam: ModuleType, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lam.handler(v2_event(b"GIF89a", "image/jpeg", query={"format": "json"}), context("req-log"))
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 1
+    (line,) = lines
+    assert (
+        line["request_id"] == "req-log"
+        and line["api_request_id"] == "api-v2-id"
+        and line["source"] == "http-api-v2"
+    )
+    assert (line["status"], line["format"], line["size_bytes"]) == (400, "json", 6)
+    assert line["latency_ms"] >= 0 and "not a JPEG or PNG" in line["error"]
+
+
+# ---- against the real local endpoint ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def photo(sample_data: Path) -> bytes:
+    """One synthetic car photo (JPEG, 192x128), as a studio would upload it."""
+    return sorted((sample_data / "train").glob("*.jpg"))[0].read_bytes()
+
+
+@pytest.fixture(scope="module")
+def expected_mask(photo: bytes, served_endpoint: str) -> np.ndarray:
+    """The endpoint's own mask for ``photo`` via boto3, which every Lambda route must reproduce."""
+    runtime = boto3.client(
+        "sagemaker-runtime",
+        endpoint_url=served_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    answer = runtime.invoke_endpoint(
+        EndpointName="carvana-unet", Body=photo, ContentType="image/jpeg", Accept="image/png"
+    )
+    return png_pixels(answer["Body"].read())
+
+
+@pytest.fixture
+def live(env: pytest.MonkeyPatch, served_endpoint: str) -> pytest.MonkeyPatch:
+    """The function's environment pointed at the served endpoint."""
+    env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", served_endpoint)
+    return env
+
+
+def png_pixels(data: bytes, mode: str = "L") -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG" and image.mode == mode
+        return np.asarray(image)
+
+
+def image_body(response: dict[str, Any], content_type: str) -> bytes:
+    assert response["statusCode"] == 200, response["body"]
+    assert response["headers"]["Content-Type"] == content_type and response["isBase64Encoded"] is True
+    return base64.b64decode(response["body"])
+
+
+def test_http_api_event_gets_the_png_mask_at_the_photos_size(
+    lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, expected_mask: np.ndarray
+) -> None:
+    mask = png_pixels(image_body(lam.handler(v2_event(photo, "image/jpeg"), context()), "image/png"))
+    assert mask.shape == (128, 192) and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask, expected_mask)
+
+
+def test_png_photo_in_a_rest_api_event_works_too(
+    lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, expected_mask: np.ndarray
+) -> None:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buffer, format="PNG")
+    mask = png_pixels(
+        image_body(lam.handler(v1_event(buffer.getvalue(), "image/png"), context()), "image/png")
+    )
+    # The same pixels as the JPEG decodes to here; TF's JPEG decoder may round differently: same size.
+    assert mask.shape == expected_mask.shape and set(np.unique(mask)) <= {0, 255}
+
+
+@pytest.mark.parametrize(
+    ("accept", "query"),
+    [
+        ("application/json", None),
+        ("image/png;q=0.4, application/json", None),
+        (None, {"format": "json"}),
+        ("image/png", {"format": "json"}),
+    ],
+    ids=["accept", "accept-q", "query", "query-wins"],
+)
+def test_json_format_is_the_kaggle_rle_of_the_same_mask(
+    lam: ModuleType,
+    live: pytest.MonkeyPatch,
+    photo: bytes,
+    expected_mask: np.ndarray,
+    accept: str | None,
+    query: dict[str, str] | None,
+) -> None:
+    response = lam.handler(v2_event(photo, "image/jpeg", accept=accept, query=query), context())
+    assert response["statusCode"] == 200 and response["isBase64Encoded"] is False
+    assert response["headers"]["Content-Type"] == "application/json"
+    result = json.loads(response["body"])
+    assert (result["width"], result["height"]) == (192, 128)
+    np.testing.assert_array_equal(rle_decode(result["rle"], 128, 192) * 255, expected_mask)
+    assert result["car_fraction"] == pytest.approx((expected_mask > 0).mean(), abs=1e-6)
+
+
+def test_direct_invocation_gets_the_rgba_cutout(
+    lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, expected_mask: np.ndarray
+) -> None:
+    event = {"image_b64": base64.b64encode(photo).decode(), "format": "cutout"}
+    cutout = png_pixels(image_body(lam.handler(event, context()), lam.CUTOUT_MEDIA_TYPE), mode="RGBA")
+    assert cutout.shape == (128, 192, 4)
+    np.testing.assert_array_equal(cutout[..., 3], expected_mask)
+
+
+def test_cutout_media_type_is_the_endpoints(lam: ModuleType) -> None:
+    from serving.inference import MEDIA_CUTOUT_PNG
+
+    assert lam.CUTOUT_MEDIA_TYPE == MEDIA_CUTOUT_PNG
+
+
+def test_s3_photo_result_goes_to_the_output_prefix(
+    lam: ModuleType, live: pytest.MonkeyPatch, moto_s3: str, photo: bytes, expected_mask: np.ndarray
+) -> None:
+    s3 = s3_client(moto_s3)
+    s3.put_object(Bucket=BUCKET, Key="incoming/shoot-7/car.jpg", Body=photo, ContentType="image/jpeg")
+    body = json.dumps({"s3_uri": f"s3://{BUCKET}/incoming/shoot-7/car.jpg"}).encode()
+    response = lam.handler(text_event(body), context())
+    assert response["statusCode"] == 200, response["body"]
+    result = json.loads(response["body"])
+    assert result["input_uri"] == f"s3://{BUCKET}/incoming/shoot-7/car.jpg"
+    assert result["output_uri"] == f"s3://{BUCKET}/masks/shoot-7/car.mask.png"
+    stored = s3.get_object(Bucket=BUCKET, Key="masks/shoot-7/car.mask.png")
+    assert stored["ContentType"] == "image/png" and result["size_bytes"] == stored["ContentLength"]
+    np.testing.assert_array_equal(png_pixels(stored["Body"].read()), expected_mask)
+
+    rle = lam.handler({"s3_uri": f"s3://{BUCKET}/incoming/shoot-7/car.jpg", "format": "json"}, context())
+    assert json.loads(rle["body"])["output_uri"] == f"s3://{BUCKET}/masks/shoot-7/car.rle.json"
+    stored_rle = json.loads(s3.get_object(Bucket=BUCKET, Key="masks/shoot-7/car.rle.json")["Body"].read())
+    assert (stored_rle["width"], stored_rle["height"]) == (192, 128)
+
+
+def _png_chunk(kind: bytes, data: bytes = b"") -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that claims ``width`` x ``height`` pixels in a few dozen bytes (a decompression bomb)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "expected"),
+    [(JPEG_HEAD + b"not really a jpeg", 400, "is not an image"), (_png_header(30000, 30000), 413, "pixels")],
+    ids=["truncated-jpeg", "decompression-bomb"],
+)
+def test_photos_the_endpoint_refuses_keep_its_4xx_and_message(
+    lam: ModuleType, live: pytest.MonkeyPatch, body: bytes, status: int, expected: str
+) -> None:
+    got_status, message = error_of(lam.handler(v2_event(body, "image/jpeg"), context()))
+    assert got_status == status and message.startswith("endpoint carvana-unet rejected the photo: ")
+    assert expected in message and "{" not in message  # the container's {"error": ...} unwrapped
+
+
+def test_success_is_logged_with_size_format_and_latency(
+    lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lam.handler(v1_event(photo, "image/jpeg", accept="application/json"), context("req-ok"))
+    (line,) = [json.loads(text) for text in capsys.readouterr().out.splitlines()]
+    assert (
+        line["request_id"] == "req-ok"
+        and line["source"] == "rest-api-v1"
+        and line["endpoint"] == "carvana-unet"
+    )
+    assert (line["status"], line["format"], line["size_bytes"]) == (200, "json", len(photo))
+    assert line["latency_ms"] > 0 and "error" not in line

@@ -1,0 +1,191 @@
+"""The local backend: real training jobs of the real entry point, in SageMaker-shaped folders.
+
+Tiny sizes throughout (64x96 photos, a depth-2 U-Net with 4 filters, 1-2 epochs): what is under
+test is the container contract (folders, config files, SM_* variables, arguments, artifacts, metric
+scraping, SIGTERM and checkpoint sync) and the Optuna study that resumes, not the model's quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import optuna
+import pytest
+
+from trainer.launch import local
+from trainer.launch.cli import main as cli_main
+from trainer.launch.spec import Categorical, Continuous, JobSpec, LaunchError, TuningSpec, scrape_metrics
+from trainer.launch.tuning import tune
+
+# Fast settings of carvana train: no profiler trace, no TensorBoard image previews.
+TINY = {"epochs": 1, "batch-size": 8, "image-size": "64x96", "depth": 2, "base-filters": 4,
+        "profile-batches": "0", "preview-images": 0}
+
+
+def tiny_job(data: Path, name: str, **hyperparameters) -> JobSpec:
+    channels = {"train": str(data / "train"), "validation": str(data / "validation")}
+    return JobSpec(job_name=name, channels=channels, hyperparameters={**TINY, **hyperparameters})
+
+
+@pytest.fixture(scope="module")
+def fitted(sample_tfrecords: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[local.JobResult, str]:
+    """One completed local job (shared by the tests reading its folder) and its streamed log."""
+    work = tmp_path_factory.mktemp("jobs")
+    stream = io.StringIO()
+    result = local.run_job(tiny_job(sample_tfrecords, "carvana-local-1", epochs=2), work, stream=stream)
+    return result, stream.getvalue()
+
+
+def test_fit_leaves_model_tar_in_tf_serving_layout(fitted) -> None:
+    result, log = fitted
+    assert result.status == "Completed", result.failure_reason
+    assert Path(result.model_artifact) == result.job_dir / "output" / "model.tar.gz"
+    with tarfile.open(result.model_artifact) as tar:
+        names = tar.getnames()
+    assert "unet/1/saved_model.pb" in names
+    assert "unet/1/variables/variables.index" in names
+    assert not any(name.startswith(("/", "./", "model/")) for name in names)  # paths relative to opt/ml/model
+    with tarfile.open(result.output_artifact) as tar:
+        assert {"history.csv", "training-curves.png"} <= set(tar.getnames())
+    # The entry point wrote where the SM_* variables pointed it, inside the job's opt/ml.
+    opt_ml = result.job_dir / "opt" / "ml"
+    assert (opt_ml / "model" / "unet" / "1" / "saved_model.pb").is_file()
+    assert any((opt_ml / "checkpoints").iterdir())
+    assert any((opt_ml / "output" / "tensorboard").iterdir())
+    assert f"in {opt_ml / 'input' / 'data' / 'train'}" in log
+
+
+def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords: Path) -> None:
+    result, log = fitted
+    config = result.job_dir / "opt" / "ml" / "input" / "config"
+    hps = json.loads((config / "hyperparameters.json").read_text())
+    # Every value a JSON string, as the SageMaker SDK sends them (strings quoted once more).
+    assert {k: v for k, v in hps.items() if not k.startswith("sagemaker_")} == {
+        "epochs": "2", "batch-size": "8", "image-size": '"64x96"', "depth": "2", "base-filters": "4",
+        "profile-batches": '"0"', "preview-images": "0"}
+    assert json.loads(hps["sagemaker_program"]) == "train.py"
+    assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
+    channels = json.loads((config / "inputdataconfig.json").read_text())
+    assert channels["train"]["TrainingInputMode"] == "FastFile"
+    channel = result.job_dir / "opt" / "ml" / "input" / "data" / "train"
+    assert channel.resolve() == (sample_tfrecords / "train").resolve()
+    # The script's command line: sorted --name value pairs, in the staged code folder.
+    assert ("train.py --base-filters 4 --batch-size 8 --depth 2 --epochs 2 --image-size 64x96 "
+            "--preview-images 0 --profile-batches 0") in log
+    assert (result.job_dir / "opt" / "ml" / "code" / "trainer" / "train.py").is_file()
+
+
+def test_sm_variables_are_set_as_the_toolkit_sets_them(fitted) -> None:
+    result, _ = fitted
+    layout = local.JobLayout(result.job_dir)
+    env = local.container_env(layout, result.job_name)
+    opt_ml = result.job_dir / "opt" / "ml"
+    assert env["SM_MODEL_DIR"] == str(opt_ml / "model")
+    assert env["SM_CHANNEL_TRAIN"] == str(opt_ml / "input" / "data" / "train")
+    assert env["SM_CHANNEL_VALIDATION"] == str(opt_ml / "input" / "data" / "validation")
+    assert json.loads(env["SM_CHANNELS"]) == ["train", "validation"]
+    assert env["SM_OUTPUT_DATA_DIR"] == str(opt_ml / "output" / "data")
+    assert json.loads(env["SM_HPS"])["image-size"] == "64x96"
+    assert env["SM_HP_EPOCHS"] == "2" and env["SM_HP_IMAGE-SIZE"] == "64x96"
+    assert json.loads(env["SM_HOSTS"]) == ["algo-1"] and env["SM_CURRENT_HOST"] == "algo-1"
+    assert int(env["SM_NUM_CPUS"]) >= 1 and int(env["SM_NUM_GPUS"]) >= 0
+    assert json.loads(env["SM_USER_ARGS"])[:2] == ["--base-filters", "4"]
+    assert env["TRAINING_JOB_NAME"] == "carvana-local-1"
+
+
+def test_metrics_are_scraped_from_the_log(fitted) -> None:
+    result, log = fitted
+    epoch_lines = [line for line in log.splitlines() if line.startswith("epoch=")]
+    assert len(epoch_lines) == 2 == len(result.history)
+    assert [m["epoch"] for m in result.history] == [1.0, 2.0]
+    assert result.history[-1] == scrape_metrics(epoch_lines[-1])
+    assert 0.0 <= result.final_metrics["val_dice"] <= 1.0
+    description = json.loads((result.job_dir / "description.json").read_text())
+    assert description["TrainingJobStatus"] == "Completed"
+    final = {m["MetricName"]: m["Value"] for m in description["FinalMetricDataList"]}
+    assert final == dict(result.final_metrics)
+    assert local.load_result(result.job_dir).model_artifact == result.model_artifact
+
+
+def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path, tmp_path: Path) -> None:
+    """Early stopping / a spot reclaim: SIGTERM, a checkpoint, and a new job that carries on."""
+    checkpoints = tmp_path / "ckpt"
+    first = local.run_job(
+        replace(tiny_job(sample_tfrecords, "carvana-spot-1", epochs=3), checkpoint_uri=str(checkpoints)),
+        tmp_path / "jobs", on_epoch=lambda metrics: metrics["epoch"] >= 1, stream=io.StringIO())
+    assert first.status == "Stopped"
+    assert (checkpoints / "state.json").is_file()
+    stream = io.StringIO()
+    second = local.run_job(
+        replace(tiny_job(sample_tfrecords, "carvana-spot-2", epochs=3), checkpoint_uri=str(checkpoints)),
+        tmp_path / "jobs", stream=stream)
+    assert second.status == "Completed", second.failure_reason
+    assert "resuming after epoch" in stream.getvalue()
+    assert second.history[0]["epoch"] > 1  # it did not start over
+    assert second.history[-1]["epoch"] == 3
+
+
+def test_max_run_stops_the_job_like_sagemaker(sample_tfrecords: Path, tmp_path: Path) -> None:
+    result = local.run_job(replace(tiny_job(sample_tfrecords, "carvana-timeout-1"), max_run_s=1),
+                           tmp_path, stream=io.StringIO())
+    assert result.status == "Stopped"
+    description = json.loads((result.job_dir / "description.json").read_text())
+    assert description["SecondaryStatus"] == "MaxRuntimeExceeded"
+    assert Path(result.model_artifact).is_file()  # SageMaker uploads what a stopped job left
+
+
+def test_local_tuning_resumes_without_rerunning_finished_trials(sample_tfrecords: Path,
+                                                               tmp_path: Path) -> None:
+    base = replace(tiny_job(sample_tfrecords, "carvana-tune-local"),
+                   hyperparameters={k: v for k, v in TINY.items() if k != "batch-size"})
+    ranges = (Categorical("batch-size", (4, 8)), Continuous("learning-rate", 1e-4, 1e-2, log=True))
+    spec = TuningSpec(job=base, ranges=ranges, max_jobs=2, max_parallel_jobs=1)
+    work = tmp_path / "work"
+
+    first = tune(spec, work, stream=io.StringIO())
+    assert first.trials_run_now == 2
+    assert first.best_job_name.startswith("carvana-tune-local-")
+    assert 0.0 <= first.best_objective <= 1.0
+
+    # A process killed mid-trial leaves a RUNNING trial behind; it must not use up the budget.
+    storage = f"sqlite:///{work / 'carvana-tune-local' / 'study.db'}"
+    optuna.load_study(study_name="carvana-tune-local", storage=storage).ask()
+
+    second = tune(replace(spec, max_jobs=3), work, stream=io.StringIO())
+    assert second.trials_run_now == 1  # exactly one new trial; the stale one was marked FAIL
+    study = optuna.load_study(study_name="carvana-tune-local", storage=storage)
+    states = [t.state.name for t in study.trials]
+    assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
+    assert sorted(p.name for p in (work / "carvana-tune-local" / "jobs").iterdir()) == [
+        "carvana-tune-local-000", "carvana-tune-local-001", "carvana-tune-local-003"]
+
+    with second.results_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE", "FAIL", "COMPLETE"]
+    assert {"batch-size", "learning-rate", "val_dice", "val_loss", "job_name"} <= set(rows[0])
+    best_row = max((r for r in rows if r["state"] == "COMPLETE"), key=lambda r: float(r["val_dice"]))
+    assert best_row["job_name"] == second.best_job_name
+    assert float(best_row["val_dice"]) == pytest.approx(second.best_objective)
+    assert second.plot_png.stat().st_size > 10_000
+    assert second.best_hyperparameters.keys() == {"batch-size", "learning-rate"}
+
+    # Asking again for the same budget runs nothing.
+    assert tune(replace(spec, max_jobs=3), work, stream=io.StringIO()).trials_run_now == 0
+
+
+def test_cli_errors_name_the_problem(sample_tfrecords: Path, tmp_path: Path, capsys) -> None:
+    assert cli_main(["fit", "--data", str(tmp_path / "missing"), "--work", str(tmp_path)]) == 2
+    assert "channel train: folder" in capsys.readouterr().err
+    assert cli_main(["fit", "--work", str(tmp_path)]) == 2
+    assert "--data" in capsys.readouterr().err
+    assert cli_main(["tune", "--data", str(sample_tfrecords), "--range", "learning-rate=abc"]) == 2
+    assert "--range 'learning-rate=abc'" in capsys.readouterr().err
+    with pytest.raises(LaunchError, match="max wait"):
+        JobSpec(job_name="x", channels={"train": "a"}, spot=True, max_run_s=100, max_wait_s=50)
+    with pytest.raises(LaunchError, match="job name"):
+        JobSpec(job_name="bad_name", channels={"train": "a"})

@@ -1,0 +1,329 @@
+"""The SageMaker backend without AWS: the real SDK talks to moto in server mode over HTTP.
+
+Each test records the requests botocore actually sends (``before-call`` event hooks on the boto3
+session behind the ``sagemaker.Session``: the wire body, after botocore validated the parameters
+against the service model) and asserts their fields. Uploaded code is downloaded back from moto's
+S3 and opened. The best-job report uses botocore's Stubber, whose canned responses are validated
+against the same service model, because moto answers DescribeHyperParameterTuningJob with a fixed
+placeholder best job.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import tarfile
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+
+from trainer.launch import sagemaker_backend as smb
+from trainer.launch.cli import main as cli_main
+from trainer.launch.local import encode_hyperparameters
+from trainer.launch.spec import (
+    METRIC_DEFINITIONS,
+    SEARCH_SPACE,
+    Categorical,
+    Continuous,
+    DeploySpec,
+    Integer,
+    JobSpec,
+    TuningSpec,
+    scrape_metrics,
+)
+
+ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
+ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fake credentials, us-east-1, every AWS client pointed at moto; a fresh bucket's name."""
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"carvana-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
+class Recorder:
+    """The SageMaker API requests a boto3 session sends, as (operation, JSON body) pairs."""
+
+    def __init__(self, session: boto3.Session) -> None:
+        self.calls: list[tuple[str, dict]] = []
+        session.events.register("before-call.sagemaker.*", self._record)
+
+    def _record(self, model, params, **_) -> None:
+        self.calls.append((model.name, json.loads(params["body"] or b"{}")))
+
+    def one(self, operation: str) -> dict:
+        bodies = [body for name, body in self.calls if name == operation]
+        assert len(bodies) == 1, f"{operation} sent {len(bodies)} times: {[n for n, _ in self.calls]}"
+        return bodies[0]
+
+
+@pytest.fixture
+def sm(aws: str) -> tuple[smb.SageMakerSettings, object, Recorder]:
+    """Settings on the test bucket (not waiting: moto runs no jobs), a session and its recorder."""
+    settings = smb.SageMakerSettings(role=ACCOUNT_ROLE, bucket=aws, prefix="carvana-unet", wait=False)
+    boto_session = boto3.Session(region_name="us-east-1")
+    recorder = Recorder(boto_session)
+    return settings, smb.make_session(settings, boto_session), recorder
+
+
+def job_spec(bucket: str, name: str = "carvana-unet-test-1", **overrides) -> JobSpec:
+    fields = dict(
+        job_name=name,
+        channels={"train": f"s3://{bucket}/tfrecords/train", "validation": f"s3://{bucket}/tfrecords/validation"},
+        hyperparameters={"epochs": 3, "batch-size": 8, "image-size": "128x192", "learning-rate": 0.001},
+        spot=True, max_run_s=3600, max_wait_s=7200, tags={"team": "studio"},
+    )
+    return JobSpec(**{**fields, **overrides})
+
+
+def s3_tar_names(uri: str) -> dict[str, bytes]:
+    """The files of a tar.gz on (moto's) S3, by name."""
+    bucket, key = uri.removeprefix("s3://").split("/", 1)
+    data = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.removeprefix("./"): tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_fit_sends_create_training_job(sm) -> None:
+    settings, session, recorder = sm
+    spec = job_spec(settings.bucket)
+    result = smb.fit(spec, settings, session=session)
+
+    request = recorder.one("CreateTrainingJob")
+    algorithm = request["AlgorithmSpecification"]
+    assert algorithm["TrainingImage"] == f"{ECR}/tensorflow-training:2.19-gpu-py312"
+    assert algorithm["MetricDefinitions"] == list(METRIC_DEFINITIONS)
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1,
+                                         "VolumeSizeInGB": 30}
+
+    # Hyperparameters: JSON strings, exactly what the local backend writes to hyperparameters.json.
+    hps = request["HyperParameters"]
+    user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
+    assert user == encode_hyperparameters(spec.hyperparameters)
+    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001"}
+    assert json.loads(hps["sagemaker_program"]) == "train.py"
+    assert "model_dir" not in hps  # the SavedModel goes to SM_MODEL_DIR, not an s3:// --model_dir
+
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert sorted(channels) == ["train", "validation"]
+    for name, channel in channels.items():
+        assert channel["InputMode"] == "FastFile"
+        assert channel["DataSource"]["S3DataSource"]["S3Uri"] == f"s3://{settings.bucket}/tfrecords/{name}"
+
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert request["CheckpointConfig"]["S3Uri"] == f"s3://{settings.bucket}/carvana-unet/checkpoints/{spec.job_name}/"
+    assert request["OutputDataConfig"]["S3OutputPath"] == f"s3://{settings.bucket}/carvana-unet/jobs"
+    assert request["TensorBoardOutputConfig"] == {
+        "S3OutputPath": f"s3://{settings.bucket}/carvana-unet/tensorboard",
+        "LocalPath": "/opt/ml/output/tensorboard",
+    }
+    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
+    assert request["ProfilerConfig"]["DisableProfiler"] is False
+    assert "DebugHookConfig" not in request
+    assert {"Key": "team", "Value": "studio"} in request["Tags"]
+    assert {"Key": "project", "Value": "carvana-unet"} in request["Tags"]
+
+    # The uploaded source: the shim entry point beside the trainer package and its requirements.
+    files = s3_tar_names(json.loads(hps["sagemaker_submit_directory"]))
+    assert "from trainer.train import main" in files["train.py"].decode()
+    assert "trainer/train.py" in files and "trainer/training/config.py" in files
+    assert "matplotlib" in files["requirements.txt"].decode()
+    assert "tensorflow" not in files["requirements.txt"].decode()
+    assert not any("__pycache__" in name or name.startswith("trainer/launch") for name in files)
+
+    assert result.job_name == spec.job_name
+    assert result.model_artifact.endswith(f"{spec.job_name}/output/model.tar.gz")
+
+
+def test_metric_definitions_read_the_entry_point_line() -> None:
+    line = "epoch=3 loss=0.0412 dice=0.9731 val_loss=0.0398 val_dice=0.9802\n"
+    assert scrape_metrics(line) == {"epoch": 3.0, "loss": 0.0412, "dice": 0.9731, "val_loss": 0.0398,
+                                    "val_dice": 0.9802}
+    assert scrape_metrics("4/4 - 2s - loss: 1.16 - val_dice: 0.33") == {}
+
+
+def test_tune_sends_create_hyper_parameter_tuning_job(sm) -> None:
+    settings, session, recorder = sm
+    base = job_spec(settings.bucket, name="carvana-tune-test-1", spot=False, max_wait_s=None,
+                    hyperparameters={"image-size": "128x192"})
+    smb.tune(TuningSpec(job=base, max_jobs=6, max_parallel_jobs=2), settings, session=session)
+
+    request = recorder.one("CreateHyperParameterTuningJob")
+    config = request["HyperParameterTuningJobConfig"]
+    assert request["HyperParameterTuningJobName"] == "carvana-tune-test-1"
+    assert config["Strategy"] == "Bayesian"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "val_dice"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}
+    assert config["TrainingJobEarlyStoppingType"] == "Auto"
+
+    # The ranges are SEARCH_SPACE, the same definition Optuna samples from locally.
+    ranges = config["ParameterRanges"]
+    sent = {r["Name"]: r for kind in ranges.values() for r in kind}
+    assert sorted(sent) == sorted(space.name for space in SEARCH_SPACE)
+    for space in SEARCH_SPACE:
+        got = sent[space.name]
+        if isinstance(space, Categorical):
+            assert got in ranges["CategoricalParameterRanges"]
+            assert [json.loads(v) for v in got["Values"]] == [str(v) for v in space.values]
+        elif isinstance(space, Continuous):
+            assert got in ranges["ContinuousParameterRanges"]
+            assert (float(got["MinValue"]), float(got["MaxValue"])) == (space.low, space.high)
+            assert got["ScalingType"] == ("Logarithmic" if space.log else "Linear")
+        else:
+            assert isinstance(space, Integer)
+            assert got in ranges["IntegerParameterRanges"]
+            assert (int(got["MinValue"]), int(got["MaxValue"])) == (space.low, space.high)
+    assert sent["learning-rate"]["ScalingType"] == "Logarithmic"
+
+    definition = request["TrainingJobDefinition"]
+    algorithm = definition["AlgorithmSpecification"]
+    assert algorithm["TrainingImage"] == f"{ECR}/tensorflow-training:2.19-gpu-py312"
+    assert algorithm["MetricDefinitions"] == list(METRIC_DEFINITIONS)
+    static = definition["StaticHyperParameters"]
+    assert json.loads(static["image-size"]) == "128x192"
+    assert not {"batch-size", "learning-rate", "epochs"} & set(static)  # tuned, so not static
+    assert {c["InputMode"] for c in definition["InputDataConfig"]} == {"FastFile"}
+    assert "CheckpointConfig" not in definition  # trials must not resume from each other's weights
+
+
+def _stub_tuning_report(stubber: Stubber) -> None:
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    stubber.add_response("describe_hyper_parameter_tuning_job", {
+        "HyperParameterTuningJobName": "carvana-tune-test-2",
+        "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/x",
+        "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}},
+        "HyperParameterTuningJobStatus": "Completed",
+        "CreationTime": now,
+        "TrainingJobStatusCounters": {"Completed": 6},
+        "ObjectiveStatusCounters": {"Succeeded": 6},
+        "BestTrainingJob": {
+            "TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d",
+            "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+            "CreationTime": now,
+            "TrainingJobStatus": "Completed",
+            "TunedHyperParameters": {"batch-size": '"8"', "learning-rate": "0.00042", "epochs": "31"},
+            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_dice", "Value": 0.9912},
+        },
+    }, {"HyperParameterTuningJobName": "carvana-tune-test-2"})
+    stubber.add_response("describe_training_job", {
+        "TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d",
+        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://b/jobs/carvana-tune-test-2-004-1a2b3c4d/output/model.tar.gz"},
+        "TrainingJobStatus": "Completed",
+        "SecondaryStatus": "Completed",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": now,
+        "FinalMetricDataList": [{"MetricName": "val_dice", "Value": 0.9912, "Timestamp": now},
+                                {"MetricName": "val_loss", "Value": 0.0213, "Timestamp": now}],
+    }, {"TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d"})
+
+
+def test_tuning_report_names_the_best_job_and_its_metrics(sm) -> None:
+    _, session, _ = sm
+    with Stubber(session.sagemaker_client) as stubber:
+        _stub_tuning_report(stubber)
+        result = smb.describe_tuning("carvana-tune-test-2", session)
+        stubber.assert_no_pending_responses()
+    assert result.best_job_name == "carvana-tune-test-2-004-1a2b3c4d"
+    assert result.best_objective == pytest.approx(0.9912)
+    assert result.best_hyperparameters == {"batch-size": "8", "learning-rate": 0.00042, "epochs": 31}
+    assert result.best_metrics == {"val_dice": pytest.approx(0.9912), "val_loss": pytest.approx(0.0213)}
+
+
+def _upload_model(bucket: str) -> str:
+    """A model.tar.gz as a training job leaves it (unet/1/...), on moto's S3."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in (("unet/1/saved_model.pb", b"\x08\x01"), ("unet/1/variables/variables.index", b"")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    key = "carvana-unet/jobs/carvana-unet-test-1/output/model.tar.gz"
+    boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=buffer.getvalue())
+    return f"s3://{bucket}/{key}"
+
+
+def test_deploy_creates_model_config_and_endpoint(sm) -> None:
+    settings, session, recorder = sm
+    model_data = _upload_model(settings.bucket)
+    spec = DeploySpec(endpoint_name="carvana-test-ep", model_data=model_data, instance_type="ml.g4dn.xlarge",
+                      environment={"SAGEMAKER_TFS_ENABLE_BATCHING": "true"})
+    result = smb.deploy(spec, settings, session=session)
+
+    model = recorder.one("CreateModel")
+    container = model["PrimaryContainer"]
+    assert container["Image"] == f"{ECR}/tensorflow-inference:2.19-gpu"
+    assert container["Environment"]["SAGEMAKER_TFS_DEFAULT_MODEL_NAME"] == "unet"
+    assert container["Environment"]["SAGEMAKER_TFS_ENABLE_BATCHING"] == "true"
+    assert model["ExecutionRoleArn"] == ACCOUNT_ROLE
+    assert container["ModelDataUrl"].startswith(f"s3://{settings.bucket}/carvana-unet/models/")
+    # The SDK repacked the job's archive with our handlers, in the TF Serving container layout.
+    files = s3_tar_names(container["ModelDataUrl"])
+    assert {"unet/1/saved_model.pb", "code/inference.py", "code/requirements.txt",
+            "code/lib/trainer/__init__.py", "code/lib/trainer/data/rle.py"} <= set(files)
+    assert b"def output_handler" in files["code/inference.py"] or b"def handler" in files["code/inference.py"]
+
+    config = recorder.one("CreateEndpointConfig")
+    variant = config["ProductionVariants"][0]
+    assert variant["ModelName"] == model["ModelName"] == result.model_name
+    assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 1)
+    endpoint = recorder.one("CreateEndpoint")
+    assert endpoint == {"EndpointName": "carvana-test-ep", "EndpointConfigName": config["EndpointConfigName"],
+                        "Tags": [{"Key": "project", "Value": "carvana-unet"}]}
+    assert result.image_uri == container["Image"]
+
+    smb.delete_endpoint("carvana-test-ep", session)
+    assert recorder.one("DeleteEndpoint") == {"EndpointName": "carvana-test-ep"}
+    assert recorder.one("DeleteEndpointConfig") == {"EndpointConfigName": config["EndpointConfigName"]}
+    assert recorder.one("DeleteModel") == {"ModelName": model["ModelName"]}
+
+
+def test_serverless_deploy_uses_the_cpu_image(sm) -> None:
+    settings, session, recorder = sm
+    spec = DeploySpec(endpoint_name="carvana-test-sls", model_data=_upload_model(settings.bucket),
+                      serverless=True, memory_mb=3072, max_concurrency=4)
+    smb.deploy(spec, settings, session=session)
+    assert recorder.one("CreateModel")["PrimaryContainer"]["Image"] == f"{ECR}/tensorflow-inference:2.19-cpu"
+    variant = recorder.one("CreateEndpointConfig")["ProductionVariants"][0]
+    assert variant["ServerlessConfig"] == {"MemorySizeInMB": 3072, "MaxConcurrency": 4}
+    assert "InstanceType" not in variant
+
+
+def test_cli_fit_on_sagemaker(aws: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The CLI path end to end, checked through moto's record of the job."""
+    monkeypatch.setenv("SAGEMAKER_ROLE", ACCOUNT_ROLE)
+    code = cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--no-wait",
+                     "--data", f"s3://{aws}/tfrecords", "--epochs", "2", "--hp", "depth=3",
+                     "--job-name", "carvana-cli-1", "--instance-type", "ml.g4dn.xlarge"])
+    assert code == 0, capsys.readouterr().err
+    job = boto3.client("sagemaker").describe_training_job(TrainingJobName="carvana-cli-1")
+    assert job["HyperParameters"]["epochs"] == "2" and job["HyperParameters"]["depth"] == "3"
+    assert job["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
+    assert job["AlgorithmSpecification"]["TrainingImage"] == f"{ECR}/tensorflow-training:2.19-gpu-py312"
+    assert [c["ChannelName"] for c in job["InputDataConfig"]] == ["train", "validation"]
+
+
+def test_cli_refuses_sagemaker_without_role_or_local_channels(aws: str, monkeypatch, capsys,
+                                                              tmp_path: Path) -> None:
+    monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
+    assert cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--data", f"s3://{aws}/x"]) == 2
+    assert "--role" in capsys.readouterr().err
+    code = cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--role", ACCOUNT_ROLE,
+                     "--data", str(tmp_path), "--no-wait"])
+    assert code == 2
+    assert "SageMaker reads s3:// prefixes" in capsys.readouterr().err

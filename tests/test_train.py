@@ -1,0 +1,238 @@
+"""The training entry point: configuration from flags and SM_* variables, a real short training run
+on the synthetic sample, the tuner's epoch line, resuming with a time budget, and SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer.train import main, train
+from trainer.training.config import Cluster, ConfigError, parse_config
+from trainer.training.runtime import tf_config_for
+
+EPOCH_LINE = re.compile(
+    r"^epoch=(\d+) loss=(\d+\.\d{4}) dice=(\d\.\d{4}) val_loss=(\d+\.\d{4}) val_dice=(\d\.\d{4})$"
+)
+TINY = ["--image-size", "64x96", "--depth", "2", "--batch-size", "4", "--verbose", "2"]
+
+
+def run_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """Arguments for a tiny run on ``data`` writing everything under ``out``."""
+    return [
+        "--data",
+        str(data),
+        "--model-dir",
+        str(out / "model"),
+        "--output-data-dir",
+        str(out / "output"),
+        "--checkpoint-dir",
+        str(out / "checkpoints"),
+        "--tensorboard-dir",
+        str(out / "tensorboard"),
+        *TINY,
+        *extra,
+    ]
+
+
+def epoch_lines(text: str) -> list[re.Match]:
+    return [m for m in map(EPOCH_LINE.match, text.splitlines()) if m]
+
+
+# --- configuration -----------------------------------------------------------------------------
+
+
+def test_sagemaker_environment_sets_every_path():
+    env = {
+        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
+        "SM_CHANNEL_VALIDATION": "/opt/ml/input/data/validation",
+        "SM_MODEL_DIR": "/opt/ml/model",
+        "SM_OUTPUT_DATA_DIR": "/opt/ml/output/data",
+        "SM_HOSTS": '["algo-1", "algo-2"]',
+        "SM_CURRENT_HOST": "algo-2",
+    }
+    # What the TF estimator sends: hyperparameters, its own --model_dir, and maybe more.
+    argv = [
+        "--epochs",
+        "12",
+        "--jit",
+        "true",
+        "--augment",
+        "false",
+        "--model_dir",
+        "s3://bucket/job/model",
+        "--x",
+        "1",
+    ]
+    config = parse_config(argv, env)
+    assert config.train_dir == Path("/opt/ml/input/data/train")
+    assert config.validation_dir == Path("/opt/ml/input/data/validation")
+    assert config.model_dir == Path("/opt/ml/model")  # the s3:// --model_dir is not a place to write
+    assert config.output_data_dir == Path("/opt/ml/output/data")
+    assert config.checkpoint_dir == Path("/opt/ml/checkpoints")
+    assert config.tensorboard_dir == Path("/opt/ml/output/tensorboard")
+    assert (config.epochs, config.jit, config.augment) == (12, True, False)
+    assert config.cluster == Cluster(hosts=("algo-1", "algo-2"), current_host="algo-2")
+    assert config.cluster.multi_worker and not config.cluster.is_chief
+
+
+def test_local_defaults_and_explicit_flags():
+    config = parse_config([], {})
+    assert config.train_dir == Path("runs/tfrecords/train")
+    assert config.model_dir == Path("runs/model")
+    assert config.checkpoint_dir == Path("runs/checkpoints")
+    assert (config.image_size, config.depth, config.base_filters) == ((256, 384), 4, 16)
+    assert not config.cluster.multi_worker and config.cluster.is_chief
+    config = parse_config(
+        ["--data", "d", "--validation", "v", "--model_dir", "/tmp/m", "--profile-batches", "0"], {}
+    )
+    assert (config.train_dir, config.validation_dir, config.model_dir) == (
+        Path("d/train"),
+        Path("v"),
+        Path("/tmp/m"),
+    )
+    assert config.profile_batches is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--image-size", "100x150"], r"--image-size: input size 100x150 does not work with depth 4"),
+        (["--epochs", "0"], r"--epochs must be positive, got 0"),
+        (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
+    ],
+)
+def test_bad_hyperparameters_are_named(argv, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(argv, {})
+
+
+def test_main_reports_bad_input_and_returns_2(tmp_path, capsys):
+    assert main(["--image-size", "100x150"]) == 2
+    assert "carvana train: error: --image-size: input size 100x150" in capsys.readouterr().err
+    assert main(run_args(tmp_path / "missing", tmp_path)) == 2
+    assert (
+        f"carvana train: error: {tmp_path / 'missing' / 'train'}: no *.tfrecord shards"
+        in capsys.readouterr().err
+    )
+
+
+def test_tf_config_for_multi_host_jobs():
+    config = tf_config_for(Cluster(hosts=("algo-1", "algo-2", "algo-3"), current_host="algo-3"))
+    assert config == {
+        "cluster": {"worker": ["algo-1:2222", "algo-2:2222", "algo-3:2222"]},
+        "task": {"type": "worker", "index": 2},
+    }
+    with pytest.raises(ConfigError, match="SM_CURRENT_HOST 'algo-9' is not one of SM_HOSTS"):
+        Cluster.from_env({"SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-9"})
+
+
+# --- real training runs ------------------------------------------------------------------------
+
+
+def test_short_training_run_lowers_the_loss_and_writes_everything(sample_tfrecords, tmp_path, capsys):
+    config = parse_config(run_args(sample_tfrecords, tmp_path, "--epochs", "3", "--base-filters", "8"), {})
+    result = train(config)
+    out = capsys.readouterr().out
+
+    lines = epoch_lines(out)
+    assert [int(m[1]) for m in lines] == [1, 2, 3]
+    losses = [float(m[2]) for m in lines]
+    assert losses[-1] < losses[0]
+    assert result.stop_reason == "completed" and result.epochs_completed == 3
+
+    with (tmp_path / "output" / "history.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "learning_rate"} <= set(rows[0])
+    assert (tmp_path / "output" / "training-curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads((tmp_path / "output" / "debugger-report.json").read_text())
+    assert [norm["epoch"] for norm in report["gradient_norms"]] == [1, 2, 3]
+
+    tensorboard = tmp_path / "tensorboard"
+    assert list((tensorboard / "train" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    tags = {
+        value.tag
+        for event_file in tensorboard.glob("*/events.out.tfevents.*")
+        for event in tf.compat.v1.train.summary_iterator(str(event_file))
+        for value in event.summary.value
+    }
+    assert {"epoch_loss", "epoch_dice", "photo | truth | prediction"} <= tags
+
+    # The exported model answers at the photo's size, with the best epoch's weights.
+    assert result.export_dir == tmp_path / "model" / "unet" / "1"
+    loaded = tf.saved_model.load(str(result.export_dir))
+    masks = loaded.signatures["predict_images"](images=tf.zeros([1, 128, 192, 3]))["mask"]
+    assert masks.shape == (1, 128, 192)
+
+    # Resumed with more epochs and a budget already spent: one more epoch, then stop and export.
+    more = parse_config(
+        [
+            *run_args(sample_tfrecords, tmp_path, "--base-filters", "8"),
+            "--epochs",
+            "6",
+            "--max-minutes",
+            "0.0001",
+        ],
+        {},
+    )
+    resumed = train(more)
+    out = capsys.readouterr().out
+    assert "resuming after epoch 3" in out
+    assert [int(m[1]) for m in epoch_lines(out)] == [4]
+    assert "time budget of 0.0001 min reached after epoch 4" in out
+    assert resumed.stop_reason == "time_budget" and resumed.epochs_completed == 4
+    assert (result.export_dir / "saved_model.pb").is_file()
+
+
+def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfrecords, tmp_path):
+    epochs, steps_per_epoch = 6, 8  # 32 training photos, batch 4
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.train",
+        *run_args(sample_tfrecords, tmp_path, "--epochs", str(epochs), "--base-filters", "4"),
+        "--profile-batches",
+        "0",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SM_")} | {"PYTHONUNBUFFERED": "1"}
+    repo = Path(__file__).resolve().parents[1]
+
+    first = subprocess.Popen(
+        command, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen = []
+    for line in first.stdout:
+        seen.append(line)
+        if line.startswith("epoch=2 "):
+            first.send_signal(signal.SIGTERM)
+            break
+    seen.append(first.stdout.read())
+    assert first.wait(timeout=120) == 0, "".join(seen)
+    first_out = "".join(seen)
+    assert "received SIGTERM: saving a checkpoint and stopping" in first_out
+    assert "interrupted: stopped by signal" in first_out
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert 2 <= state["epoch"] < epochs
+    assert not (tmp_path / "model" / "unet").exists()
+
+    second = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resuming after epoch {state['epoch']}" in second.stdout
+    assert [int(m[1]) for m in epoch_lines(second.stdout)] == list(range(state["epoch"] + 1, epochs + 1))
+    assert (tmp_path / "model" / "unet" / "1" / "saved_model.pb").is_file()
+    final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert final["epoch"] == epochs and len(final["history"]["loss"]) == epochs
+    # The optimizer's step count carried over (a fresh optimizer would stop short of every step).
+    (checkpoint,) = (tmp_path / "checkpoints").glob("ckpt-*.keras")
+    assert int(checkpoint.stem.split("-")[1]) >= epochs * steps_per_epoch
+    assert np.isfinite(final["history"]["val_loss"]).all()

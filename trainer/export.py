@@ -1,0 +1,144 @@
+"""Export the trained U-Net as a TF Serving SavedModel at ``<model_dir>/unet/1/``.
+
+The endpoint receives photos as they come from a studio camera (1918x1280 JPEG bytes) and must
+answer with a mask at that same size, so the resize is part of the graph: decode, resize to the
+training size, run the network, resize the *logits* back to each photo's own size (bilinear, then
+the sigmoid: sharper edges than resizing probabilities), threshold at 0.5. Nothing outside the
+SavedModel (TF Serving, the inference handler, ``carvana evaluate``) needs to know the training
+size. Three signatures (see the contract in README):
+
+- ``serving_default``: ``image_bytes`` string [B] (JPEG/PNG, one size per batch) ->
+  ``probabilities`` float32 [B,H,W], ``mask`` uint8 [B,H,W] in {0, 1}
+- ``mask_png``: ``image_bytes`` string [B] (sizes may differ) -> ``mask_png_bytes`` string [B]
+  (PNG, 0/255, each photo's size), ``height``/``width`` int32 [B], ``car_fraction`` float32 [B]
+- ``predict_images``: ``images`` float32 [B,h,w,3] in [0, 1] -> ``probabilities``, ``mask`` [B,h,w]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+MODEL_NAME = "unet"
+MODEL_VERSION = 1
+THRESHOLD = 0.5
+BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
+
+
+class UNetServing(tf.Module):
+    """The Keras model wrapped with decoding and resizing, as the SavedModel's signatures."""
+
+    def __init__(self, model: keras.Model, image_size: tuple[int, int]) -> None:
+        super().__init__(name="unet_serving")
+        self.model = model
+        self.image_size = tuple(image_size)
+
+    def _to_model_size(self, images: tf.Tensor) -> tf.Tensor:
+        """Resize a float batch to the training size; antialiasing matches a proper downscale."""
+        return tf.image.resize(images, self.image_size, method="bilinear", antialias=True)
+
+    def _logits(self, model_sized: tf.Tensor) -> tf.Tensor:
+        return tf.cast(self.model(model_sized, training=False), tf.float32)
+
+    def _outputs(self, logits: tf.Tensor, size: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Probabilities and binary mask [B, H, W] at ``size`` from model-size logits [B, h, w, 1]."""
+        probabilities = tf.sigmoid(tf.image.resize(logits, size, method="bilinear"))[..., 0]
+        return {"probabilities": probabilities, "mask": tf.cast(probabilities > THRESHOLD, tf.uint8)}
+
+    def _decode_resized(self, image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each photo decoded and resized to the training size, and its original (height, width)."""
+
+        def decode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+            image = tf.cast(image, tf.float32) / 255.0
+            return self._to_model_size(image[tf.newaxis])[0], tf.shape(image, out_type=tf.int32)[:2]
+
+        return tf.map_fn(
+            decode,
+            image_bytes,
+            fn_output_signature=(
+                tf.TensorSpec([*self.image_size, 3], tf.float32),
+                tf.TensorSpec([2], tf.int32),
+            ),
+        )
+
+    @tf.function(input_signature=[BYTES_SPEC])
+    def serving_default(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images, sizes = self._decode_resized(image_bytes)
+        tf.debugging.assert_equal(
+            sizes,
+            tf.broadcast_to(sizes[:1], tf.shape(sizes)),
+            message="serving_default: all photos of a batch must have the same size "
+            "(send one photo per request, or use the mask_png signature)",
+        )
+        return self._outputs(self._logits(images), sizes[0])
+
+    @tf.function(input_signature=[BYTES_SPEC])
+    def mask_png(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images, sizes = self._decode_resized(image_bytes)
+        logits = self._logits(images)
+
+        def encode(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            one_logits, size = args
+            mask = self._outputs(one_logits[tf.newaxis], size)["mask"][0]
+            png = tf.io.encode_png(mask[..., tf.newaxis] * 255)
+            return png, tf.reduce_mean(tf.cast(mask, tf.float32))
+
+        pngs, fractions = tf.map_fn(
+            encode,
+            (logits, sizes),
+            fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32)),
+        )
+        return {
+            "mask_png_bytes": pngs,
+            "height": sizes[:, 0],
+            "width": sizes[:, 1],
+            "car_fraction": fractions,
+        }
+
+    @tf.function(input_signature=[IMAGES_SPEC])
+    def predict_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = self._logits(self._to_model_size(images))
+        return self._outputs(logits, tf.shape(images)[1:3])
+
+
+def export_saved_model(
+    model: keras.Model,
+    model_dir: str | Path,
+    image_size: tuple[int, int],
+    *,
+    name: str = MODEL_NAME,
+    version: int = MODEL_VERSION,
+) -> Path:
+    """Write ``<model_dir>/<name>/<version>/`` and return it; an existing export is replaced whole.
+
+    The SavedModel is written beside the target and renamed into place, so TF Serving (which polls
+    the version folders) never sees a half-written version.
+    """
+    target = Path(model_dir) / name / str(version)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{version}")
+    old = target.with_name(f".old-{os.getpid()}-{version}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    module = UNetServing(model, image_size)
+    signatures = {
+        "serving_default": module.serving_default,
+        "mask_png": module.mask_png,
+        "predict_images": module.predict_images,
+    }
+    try:
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(old)
+    return target

@@ -1,0 +1,307 @@
+"""``carvana fit|tune|deploy --backend local|sagemaker``: launch training, tuning and endpoints.
+
+The same flags describe a job for either backend; ``--backend local`` (the default) runs it here in
+a SageMaker-shaped folder, ``--backend sagemaker`` sends it to AWS (``--role``, ``--bucket``).
+
+Examples::
+
+    carvana fit --data demo/tfrecords --epochs 3 --image-size 128x192
+    carvana tune --data demo/tfrecords --max-jobs 6 --epochs 2 --range learning-rate=1e-4:1e-2
+    carvana deploy --job-name carvana-unet-250101-120000-000          # local: carvana serve on :8080
+    carvana fit --backend sagemaker --data s3://my-bucket/carvana/tfrecords --spot \\
+        --role arn:aws:iam::123456789012:role/SageMakerExecution --bucket my-bucket
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.launch.backends import BACKENDS, DEFAULT_PORT, DEFAULT_WORK, Backend, LocalBackend, make_backend
+from trainer.launch.spec import (
+    DEFAULT_ENDPOINT_INSTANCE,
+    DEFAULT_TRAINING_INSTANCE,
+    MAX_TUNING_JOB_NAME,
+    SEARCH_SPACE,
+    DeploySpec,
+    HyperValue,
+    JobFailedError,
+    JobResult,
+    JobSpec,
+    LaunchError,
+    TuningSpec,
+    parse_key_values,
+    parse_range,
+    unique_name,
+)
+
+COMMANDS = ("fit", "tune", "deploy")
+# Flags that are hyperparameters of the entry point, by the name it (and SageMaker) knows them by.
+HYPERPARAMETER_FLAGS = {"epochs": "epochs", "batch_size": "batch-size", "learning_rate": "learning-rate",
+                        "image_size": "image-size"}
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except where there is none to show (None, False, or already in the text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def coerce(value: str) -> HyperValue:
+    """``"8"`` -> 8, ``"1e-3"`` -> 0.001, anything else stays text (sent as SageMaker would)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="run here in a SageMaker-shaped folder, or on SageMaker")
+    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                        help="local backend: folder holding <job-name>/ folders")
+    aws = parser.add_argument_group("SageMaker backend")
+    aws.add_argument("--role", help="execution role ARN (default $SAGEMAKER_ROLE)")
+    aws.add_argument("--bucket", help="S3 bucket for code, outputs, checkpoints (default $CARVANA_BUCKET)")
+    aws.add_argument("--prefix", default="carvana-unet", help="key prefix inside the bucket")
+    aws.add_argument("--region", help="AWS region (default: the AWS configuration)")
+    aws.add_argument("--profiler-interval-ms", type=int, default=500,
+                     help="system monitoring interval (CPU, GPU, memory, I/O)")
+    aws.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                     help="wait for the job or endpoint (streaming training logs)")
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("data (local folders, or s3:// prefixes for SageMaker)")
+    data.add_argument("--data", help="carvana convert's output, holding train/ and validation/")
+    data.add_argument("--train", help="training channel (default DATA/train)")
+    data.add_argument("--validation", help="validation channel (default DATA/validation)")
+    hps = parser.add_argument_group("hyperparameters (default: the entry point's)")
+    hps.add_argument("--epochs", type=int)
+    hps.add_argument("--batch-size", type=int)
+    hps.add_argument("--learning-rate", type=float)
+    hps.add_argument("--image-size", help="HEIGHTxWIDTH, e.g. 256x384")
+    hps.add_argument("--hp", action="append", metavar="NAME=VALUE",
+                     help="any other flag of carvana train, e.g. --hp depth=3 --hp max-minutes=50")
+    job = parser.add_argument_group("job")
+    job.add_argument("--job-name", help="default: carvana-unet-<timestamp> (carvana-tune-... for tune)")
+    job.add_argument("--instance-type", default=DEFAULT_TRAINING_INSTANCE)
+    job.add_argument("--instance-count", type=int, default=1)
+    job.add_argument("--volume-size", type=int, default=30, help="GB of EBS per instance")
+    job.add_argument("--max-run", type=int, default=3 * 3600, help="seconds before SageMaker stops the job")
+    job.add_argument("--spot", action="store_true", help="managed spot training (up to ~70%% cheaper)")
+    job.add_argument("--max-wait", type=int, help="spot: seconds of run plus waiting (default 2 x max-run)")
+    job.add_argument("--checkpoint-uri", help="checkpoint location resumed from (s3:// or a local folder)")
+    job.add_argument("--tag", action="append", metavar="KEY=VALUE", help="tags on the job (repeatable)")
+
+
+def build_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one of fit, tune, deploy."""
+    parser = argparse.ArgumentParser(prog=f"carvana {command}", description=__doc__.split("\n\n")[0],
+                                     formatter_class=_HelpFormatter)
+    _add_backend_options(parser)
+    if command in ("fit", "tune"):
+        _add_job_options(parser)
+    if command == "tune":
+        tune = parser.add_argument_group("tuning (objective: val_dice, maximised)")
+        tune.add_argument("--max-jobs", type=int, default=8, help="trials in all (a resumed study counts "
+                          "the ones already finished)")
+        tune.add_argument("--max-parallel-jobs", type=int, default=2, help="SageMaker only; local runs "
+                          "one trial at a time")
+        default_ranges = " ".join(_describe_range(r) for r in SEARCH_SPACE)
+        tune.add_argument("--range", action="append", metavar="NAME=LOW:HIGH|A,B,C",
+                          help=f"replace or add a range; default {default_ranges}. A hyperparameter "
+                          "set with a flag above is fixed and not tuned")
+        tune.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=True,
+                          help="stop trials worse than the median (SageMaker Auto, Optuna median pruner)")
+        tune.add_argument("--seed", type=int, default=0, help="search seed")
+    if command == "deploy":
+        model = parser.add_argument_group("model (one of)")
+        model.add_argument("--model", help="model.tar.gz (s3:// on SageMaker) or, locally, a model folder")
+        model.add_argument("--job-name", help="a completed training job whose model.tar.gz to deploy")
+        ep = parser.add_argument_group("endpoint")
+        ep.add_argument("--endpoint-name", help="default carvana-unet-<timestamp>")
+        ep.add_argument("--instance-type", default=DEFAULT_ENDPOINT_INSTANCE,
+                        help="real-time endpoint instance (ml.g4dn.xlarge for a GPU)")
+        ep.add_argument("--instance-count", type=int, default=1)
+        ep.add_argument("--serverless", action="store_true",
+                        help="serverless endpoint (CPU, pay per request)")
+        ep.add_argument("--memory-mb", type=int, default=4096, help="serverless memory: 1024..6144")
+        ep.add_argument("--max-concurrency", type=int, default=5, help="serverless concurrent invocations")
+        ep.add_argument("--env", action="append", metavar="KEY=VALUE",
+                        help="container environment, e.g. SAGEMAKER_TFS_ENABLE_BATCHING=true")
+        ep.add_argument("--tag", action="append", metavar="KEY=VALUE")
+        ep.add_argument("--delete", metavar="ENDPOINT", help="delete this endpoint, its config and model")
+        ep.add_argument("--port", type=int, default=DEFAULT_PORT, help="local endpoint port")
+        ep.add_argument("--print-only", action="store_true",
+                        help="local: print the carvana serve command instead of running it")
+    return parser
+
+
+def _describe_range(space: object) -> str:
+    values = getattr(space, "values", None)
+    if values is not None:
+        return f"{space.name}={','.join(map(str, values))}"
+    return f"{space.name}={space.low}:{space.high}"
+
+
+def job_spec_from_args(args: argparse.Namespace, default_name: str) -> JobSpec:
+    """The backend-neutral job described by the flags."""
+    train = args.train or (f"{args.data.rstrip('/')}/train" if args.data else None)
+    validation = args.validation or (f"{args.data.rstrip('/')}/validation" if args.data else None)
+    if not train or not validation:
+        raise LaunchError("--data (holding train/ and validation/) or both --train and --validation "
+                          "are required")
+    hyperparameters: dict[str, HyperValue] = {
+        name: getattr(args, attr) for attr, name in HYPERPARAMETER_FLAGS.items()
+        if getattr(args, attr) is not None
+    }
+    hyperparameters.update({k: coerce(v) for k, v in parse_key_values(args.hp, "--hp").items()})
+    return JobSpec(
+        job_name=args.job_name or default_name,
+        channels={"train": train, "validation": validation},
+        hyperparameters=hyperparameters,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        volume_size_gb=args.volume_size,
+        max_run_s=args.max_run,
+        spot=args.spot,
+        max_wait_s=args.max_wait,
+        checkpoint_uri=args.checkpoint_uri,
+        tags=parse_key_values(args.tag, "--tag"),
+    )
+
+
+def tuning_spec_from_args(args: argparse.Namespace) -> TuningSpec:
+    """The search: default ranges, replaced or extended by --range, minus hyperparameters fixed by flags."""
+    job = job_spec_from_args(args, unique_name("carvana-tune", MAX_TUNING_JOB_NAME))
+    ranges = {r.name: r for r in SEARCH_SPACE}
+    for text in args.range or []:
+        space = parse_range(text)
+        ranges[space.name] = space
+    for fixed in job.hyperparameters:
+        ranges.pop(fixed, None)
+    return TuningSpec(job=job, ranges=tuple(ranges.values()), max_jobs=args.max_jobs,
+                      max_parallel_jobs=args.max_parallel_jobs, early_stopping=args.early_stopping,
+                      seed=args.seed)
+
+
+def _settings(args: argparse.Namespace):  # -> SageMakerSettings, imported only for that backend
+    if args.backend != "sagemaker":
+        return None
+    from trainer.launch.sagemaker_backend import SageMakerSettings
+
+    return SageMakerSettings.from_args(args)
+
+
+def _print_job(result: JobResult) -> None:
+    print(f"job {result.job_name}: {result.status}")
+    metrics = {k: v for k, v in result.final_metrics.items() if k != "epoch"}
+    if metrics:
+        print("  final metrics: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    for label, value in (("model", result.model_artifact), ("output", result.output_artifact)):
+        if value:
+            print(f"  {label}: {value}")
+
+
+def run_fit(args: argparse.Namespace, backend: Backend) -> int:
+    result = backend.fit(job_spec_from_args(args, unique_name("carvana-unet")))
+    _print_job(result)
+    if result.status == "Failed":
+        raise JobFailedError(result.failure_reason)
+    return 0
+
+
+def run_tune(args: argparse.Namespace, backend: Backend) -> int:
+    spec = tuning_spec_from_args(args)
+    result = backend.tune(spec)
+    print(f"tuning job {result.tuning_job_name}: {result.status}")
+    if result.best_job_name:
+        tuned = " ".join(f"{k}={v}" for k, v in result.best_hyperparameters.items())
+        print(f"  best job {result.best_job_name}: val_dice={result.best_objective:.4f} ({tuned})")
+        others = {k: v for k, v in result.best_metrics.items() if k != "epoch"}
+        if others:
+            print("  its final metrics: " + " ".join(f"{k}={v:.4f}" for k, v in others.items()))
+    for label, path in (("results", result.results_csv), ("plot", result.plot_png)):
+        if path:
+            print(f"  {label}: {path}")
+    return 0 if result.status != "Failed" else 1
+
+
+def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
+    if args.delete:
+        backend.delete_endpoint(args.delete)
+        print(f"deleted endpoint {args.delete}")
+        return 0
+    if bool(args.model) == bool(args.job_name):
+        raise LaunchError("give exactly one of --model and --job-name")
+    spec = DeploySpec(
+        endpoint_name=args.endpoint_name or unique_name("carvana-unet"),
+        model_data=args.model or backend.model_data(args.job_name),
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        serverless=args.serverless,
+        memory_mb=args.memory_mb,
+        max_concurrency=args.max_concurrency,
+        environment=parse_key_values(args.env, "--env"),
+        tags=parse_key_values(args.tag, "--tag"),
+    )
+    if args.backend == "local":
+        return _deploy_locally(spec, args, backend)
+    result = backend.deploy(spec)
+    print(f"endpoint {result.endpoint_name} ({'serverless' if spec.serverless else spec.instance_type})\n"
+          f"  model {result.model_name}: {result.model_data}\n  image: {result.image_uri}\n"
+          f"  delete it when done: carvana deploy --backend sagemaker --delete {result.endpoint_name}")
+    return 0
+
+
+def _deploy_locally(spec: DeploySpec, args: argparse.Namespace, backend: Backend) -> int:
+    """Print the serve command, or run the endpoint in the foreground until Ctrl-C."""
+    from trainer.launch.local import serve_command
+
+    if args.print_only:
+        print(" ".join(serve_command(spec, args.port)))
+        return 0
+    if not isinstance(backend, LocalBackend):
+        raise TypeError("local deploy needs the local backend")
+    result = backend.deploy(spec)
+    print(f"endpoint {result.endpoint_name} serving {result.model_data} at {result.url} "
+          f"(POST {result.url}/invocations); Ctrl-C stops it", flush=True)
+    try:
+        backend.wait_endpoint(spec.endpoint_name)
+    finally:
+        backend.delete_endpoint(spec.endpoint_name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``argv[0]`` is the command (fit, tune or deploy), the rest its flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: carvana {{{','.join(COMMANDS)}}} --backend local|sagemaker ...", file=sys.stderr)
+        return 2
+    command = argv[0]
+    args = build_parser(command).parse_args(argv[1:])
+    try:
+        backend = make_backend(args.backend, work=args.work, settings=_settings(args),
+                               port=getattr(args, "port", DEFAULT_PORT))
+        return {"fit": run_fit, "tune": run_tune, "deploy": run_deploy}[command](args, backend)
+    except LaunchError as err:
+        print(f"carvana {command}: error: {err}", file=sys.stderr)
+        return 2
+    except JobFailedError as err:
+        print(f"carvana {command}: job failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"carvana {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

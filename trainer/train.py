@@ -1,0 +1,266 @@
+"""SageMaker script-mode entry point for the U-Net (also ``carvana train`` and ``python -m trainer.train``).
+
+The same file runs in a SageMaker TensorFlow training container, in the local launcher's copy of
+that container's layout, and on a laptop: hyperparameters come as ``--name value`` arguments,
+paths from ``SM_*`` variables or flags (see ``trainer.training.config``). A run
+
+1. resumes from the newest checkpoint in the checkpoint folder, if any (spot restarts);
+2. trains with early stopping, learning-rate reduction on plateau, a wall-clock budget, the
+   loss-behaviour debugger, TensorBoard logs and one ``epoch=N loss=... val_dice=...`` line per
+   epoch for the tuner;
+3. on SIGTERM saves a checkpoint and exits 0 (SageMaker restarts it later);
+4. takes the best epoch's weights (by val_dice) and exports the SavedModel to ``<model_dir>/unet/1``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from trainer.data.layout import DatasetError
+from trainer.data.pipeline import PipelineConfig, count_examples, make_dataset
+from trainer.export import export_saved_model
+from trainer.model.losses import bce_dice_loss
+from trainer.model.metrics import DiceMetric, IoUMetric
+from trainer.model.unet import build_unet
+from trainer.training.callbacks import (
+    Checkpointer,
+    CheckpointError,
+    EpochLogger,
+    HistoryWriter,
+    MaskPreview,
+    RunState,
+    StopRequest,
+    TimeBudget,
+    TrainingInterruptedError,
+    load_best_weights,
+    restore_checkpoint,
+    write_history,
+)
+from trainer.training.config import ConfigError, TrainConfig, parse_config
+from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig, NonFiniteLossError
+from trainer.training.runtime import make_strategy, use_mixed_precision
+
+# Monitored by early stopping and learning-rate reduction: smoother than val_dice epoch to epoch.
+PLATEAU_METRIC = "val_loss"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a run ended, for the caller (and the tests)."""
+
+    epochs_completed: int
+    stop_reason: str  # completed | early_stopping | time_budget | interrupted | already_finished
+    best_val_dice: float | None
+    export_dir: Path | None
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics."""
+    model = build_unet(
+        input_shape=(*config.image_size, 3),
+        depth=config.depth,
+        base_filters=config.base_filters,
+        batch_norm=config.batch_norm,
+        dropout=config.dropout,
+        upsampling=config.upsampling,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss=bce_dice_loss,
+        metrics=[DiceMetric(), IoUMetric()],
+        jit_compile=config.jit,
+    )
+    return model
+
+
+def _datasets(
+    config: TrainConfig, global_batch: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+    """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
+    pipeline = PipelineConfig(
+        image_size=config.image_size,
+        batch_size=global_batch,
+        augment=config.augment,
+        seed=config.seed,
+        cache=config.cache,
+    )
+    plain = PipelineConfig(image_size=config.image_size, batch_size=global_batch, augment=False)
+    return (
+        _with_length(
+            make_dataset(config.train_dir, pipeline, training=True), config.train_dir, config, global_batch
+        ),
+        _with_length(
+            make_dataset(config.validation_dir, plain, training=False),
+            config.validation_dir,
+            config,
+            global_batch,
+        ),
+        make_dataset(config.train_dir, plain, training=False),
+    )
+
+
+def _with_length(
+    dataset: tf.data.Dataset, folder: Path, config: TrainConfig, global_batch: int
+) -> tf.data.Dataset:
+    """Declare the number of batches, which interleaving hides from Keras.
+
+    Keras then shows steps per epoch in its progress bar and does not warn that the "input ran out
+    of data" at the end of the first epoch. Workers of a multi-host job each read a shard of the
+    files, so there the count would be wrong and is left unknown.
+    """
+    if config.cluster.multi_worker:
+        return dataset
+    count = count_examples(folder)
+    return dataset.apply(tf.data.experimental.assert_cardinality(math.ceil(count / global_batch)))
+
+
+def _first_images(dataset: tf.data.Dataset, count: int) -> tuple[tf.Tensor, tf.Tensor] | None:
+    """The first ``count`` (image, mask) pairs of a batched dataset as one batch (None if count is 0)."""
+    if count <= 0:
+        return None
+    return next(iter(dataset.unbatch().take(count).batch(count)))
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (resuming when a checkpoint exists) and export; see the module docstring."""
+    start = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.cluster)
+    mixed = use_mixed_precision(config.mixed_precision)
+    chief = config.cluster.is_chief
+    if chief:
+        for folder in (config.checkpoint_dir, config.output_data_dir, config.tensorboard_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    train_ds, val_ds, plain_train_ds = _datasets(config, global_batch)
+    print(
+        f"data: {count_examples(config.train_dir)} training photos in {config.train_dir}, "
+        f"{count_examples(config.validation_dir)} validation in {config.validation_dir}; "
+        f"{strategy.num_replicas_in_sync} replica(s), batch {global_batch}, "
+        f"{'mixed float16' if mixed else 'float32'}, XLA {'on' if config.jit else 'off'}",
+        flush=True,
+    )
+
+    state = RunState.load(config.checkpoint_dir)
+    with strategy.scope():
+        model = build_model(config)
+        if state.checkpoint:
+            restore_checkpoint(model, config.checkpoint_dir, state)
+            print(
+                f"resuming after epoch {state.epoch} from {config.checkpoint_dir / state.checkpoint}",
+                flush=True,
+            )
+    print(
+        f"model: U-Net depth {config.depth}, base {config.base_filters}, {model.count_params():,} parameters"
+    )
+
+    debugger = Debugger(
+        config.output_data_dir / REPORT_NAME, DebuggerConfig(), resume=state.epoch > 0 and chief
+    )
+    probe = _first_images(plain_train_ds, DebuggerConfig().probe_images)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.patience)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor=PLATEAU_METRIC,
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_lr,
+        verbose=1,
+    )
+    stop = StopRequest()
+    budget = TimeBudget(config.max_minutes, start) if config.max_minutes > 0 else None
+    callbacks: list[keras.callbacks.Callback] = [
+        *debugger.callbacks(probe, bce_dice_loss, state.history),
+        early_stopping,
+        reduce_lr,
+        Checkpointer(
+            config.checkpoint_dir,
+            state,
+            stop,
+            {"early_stopping": early_stopping, "reduce_lr": reduce_lr},
+            enabled=chief,
+        ),
+        # Keras' own progress output first (it would otherwise be appended last), then the tuner's line.
+        keras.callbacks.ProgbarLogger(),
+        EpochLogger(state, start),
+    ]
+    if chief:
+        callbacks.append(HistoryWriter(state, config.output_data_dir))
+        callbacks.append(
+            keras.callbacks.TensorBoard(
+                str(config.tensorboard_dir), write_graph=False, profile_batch=config.profile_batches or 0
+            )
+        )
+        preview = _first_images(val_ds, config.preview_images)
+        if preview is not None:
+            callbacks.append(MaskPreview(*preview, config.tensorboard_dir))
+    if budget is not None:
+        callbacks.append(budget)
+
+    if state.stop_reason == "early_stopping" or state.epoch >= config.epochs:
+        print(f"training already finished after epoch {state.epoch}: exporting only", flush=True)
+        stop_reason = "already_finished"
+    else:
+        try:
+            with stop.installed():
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    initial_epoch=state.epoch,
+                    epochs=config.epochs,
+                    callbacks=callbacks,
+                    shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
+                    verbose=config.verbosity,
+                )
+        except TrainingInterruptedError as err:
+            debugger.write()
+            print(f"interrupted: {err}; rerun with the same checkpoint folder to resume", flush=True)
+            return TrainResult(state.epoch, "interrupted", state.best_value, None)
+        finally:
+            if chief:
+                debugger.write()
+        if early_stopping.stopped_epoch > 0:
+            stop_reason = "early_stopping"
+            state.stop_reason = stop_reason
+            if chief:
+                state.save(config.checkpoint_dir)
+        else:
+            stop_reason = "time_budget" if budget is not None and budget.exhausted else "completed"
+
+    if not chief:
+        return TrainResult(state.epoch, stop_reason, state.best_value, None)
+    write_history(state.history, config.output_data_dir)
+    if load_best_weights(model, config.checkpoint_dir):
+        print(f"exporting the best epoch ({state.best_epoch}, val_dice {state.best_value:.4f})", flush=True)
+    export_dir = export_saved_model(model, config.model_dir, config.image_size)
+    minutes = (time.monotonic() - start) / 60
+    print(
+        f"done ({stop_reason}) after {state.epoch} epochs in {minutes:.1f} min: SavedModel {export_dir}, "
+        f"curves and reports in {config.output_data_dir}, TensorBoard logs in {config.tensorboard_dir}",
+        flush=True,
+    )
+    return TrainResult(state.epoch, stop_reason, state.best_value, export_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train and export; exit 0 on success or a clean SIGTERM stop, 1 on divergence, 2 on bad input."""
+    try:
+        config = parse_config(argv)
+        train(config)
+    except (ConfigError, DatasetError, CheckpointError) as err:
+        print(f"carvana train: error: {err}", file=sys.stderr, flush=True)
+        return 2
+    except NonFiniteLossError as err:
+        print(f"carvana train: error: training diverged ({err}); see the debugger report", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Training curves as a PNG: the first thing a person opens after a run (or during one)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from trainer.atomic import atomic_path
+
+# (panel title, metric) pairs; each panel draws the training metric and its val_ twin.
+PANELS = (("loss (BCE + soft Dice)", "loss"), ("mean Dice per image", "dice"))
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Path) -> Path:
+    """Write loss and Dice per epoch, training and validation, to ``path`` (replaced whole)."""
+    path = Path(path)
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(11, 4), constrained_layout=True)
+    for ax, (title, key) in zip(axes, PANELS, strict=True):
+        for name, style in ((key, "-o"), (f"val_{key}", "-s")):
+            values = history.get(name, [])
+            if values:
+                ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=name)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.has_data():
+            ax.legend()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return path
