@@ -3,10 +3,10 @@
     unet/<version>/saved_model.pb, unet/<version>/variables/...   the SavedModel (newest version)
     code/inference.py                                            serving/inference.py (the handlers)
     code/requirements.txt                                        what the handlers import besides stdlib
-    code/lib/trainer/__init__.py, data/__init__.py, data/rle.py  the RLE module, vendored
+    code/trainer/__init__.py, data/__init__.py, data/rle.py      the RLE module, vendored
 
-The handlers import ``trainer.data.rle``; the container puts ``code/lib`` on the Python path, so the
-same RLE code that writes the Kaggle CSV runs in the endpoint without installing the project (and
+The handlers import ``trainer.data.rle``; the container always puts ``code/`` on the Python path, so
+the same RLE code that writes the Kaggle CSV runs in the endpoint without installing the project (and
 without TensorFlow in the Python service). The archive is written under a temporary name and
 renamed, so a failed run never leaves a truncated model.tar.gz behind.
 """
@@ -26,7 +26,9 @@ from trainer.saved_model_io import ModelLoadError, find_saved_model
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLERS = REPO / "serving" / "inference.py"
-# The handlers' third-party imports; everything else they need is vendored under code/lib.
+# The handlers' third-party imports; everything else they need is vendored under code/. Not under
+# code/lib: when code/lib exists the container skips code/requirements.txt (its serve.py logs
+# "loading modules in code/lib, ignoring requirements.txt"), and Pillow would never be installed.
 REQUIREMENTS = "numpy>=1.26\nPillow>=10\n"
 VENDORED = ("trainer/__init__.py", "trainer/data/__init__.py", "trainer/data/rle.py")
 REQUIRED_SIGNATURE = "mask_png"
@@ -66,7 +68,7 @@ def package(model_dir: Path, out: Path, *, model_name: str = "unet") -> list[str
     _check_signatures(folder)
     version = folder.name if folder.name.isdigit() else "1"
     members = [(folder, f"{model_name}/{version}"), (HANDLERS, "code/inference.py")]
-    members += [(REPO / path, f"code/lib/{path}") for path in VENDORED]
+    members += [(REPO / path, f"code/{path}") for path in VENDORED]
     with atomic_path(out) as tmp:
         with tarfile.open(tmp, "w:gz") as archive:
             for source, name in members:
@@ -84,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carvana package",
         description="Build model.tar.gz for the SageMaker TF Serving container: the SavedModel under "
-        "unet/<version>/, code/inference.py, code/requirements.txt and the vendored RLE in code/lib.",
+        "unet/<version>/, code/inference.py, code/requirements.txt and the vendored RLE in code/trainer/.",
     )
     parser.add_argument("--model-dir", required=True, type=Path,
                         help="SavedModel folder, or a model_dir holding unet/<version>/ (the newest is used)")
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.out.stat().st_size
     model = next(name for name in names if name.endswith("saved_model.pb")).rsplit("/", 1)[0]
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(names)} entries): {model}/ (SavedModel), "
-          "code/inference.py, code/requirements.txt, code/lib/trainer/data/rle.py (vendored)")
+          "code/inference.py, code/requirements.txt, code/trainer/data/rle.py (vendored)")
     return 0
 
 

@@ -99,7 +99,9 @@ def tiny_saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _run_endpoint(model: Path, *args: str, log_dir: Path, env: dict[str, str] | None = None):
+def _run_endpoint(
+    model: Path, *args: str, log_dir: Path, env: dict[str, str] | None = None
+) -> contextlib.AbstractContextManager[str]:
     """``carvana serve`` on a free port; its log is ``log_dir/serve-<port>.log``."""
     from serving.server import free_port, running_endpoint
 

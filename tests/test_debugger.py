@@ -14,6 +14,7 @@ from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig, Non
 
 
 def tiny_model(learning_rate: float = 1e-2) -> keras.Model:
+    keras.utils.set_random_seed(0)
     model = build_unet(input_shape=(16, 16, 3), depth=1, base_filters=2)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=bce_dice_loss)
     return model

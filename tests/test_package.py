@@ -17,9 +17,9 @@ from trainer import cli
 REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = {
     "code/inference.py": "serving/inference.py",
-    "code/lib/trainer/__init__.py": "trainer/__init__.py",
-    "code/lib/trainer/data/__init__.py": "trainer/data/__init__.py",
-    "code/lib/trainer/data/rle.py": "trainer/data/rle.py",
+    "code/trainer/__init__.py": "trainer/__init__.py",
+    "code/trainer/data/__init__.py": "trainer/data/__init__.py",
+    "code/trainer/data/rle.py": "trainer/data/rle.py",
 }
 
 
@@ -38,14 +38,15 @@ def test_archive_layout(packaged_model: Path) -> None:
 
 
 def test_the_container_can_import_the_packaged_handlers(packaged_model: Path, tmp_path: Path) -> None:
-    """Import code/inference.py exactly as python_service.py does, with only code/ and code/lib added
-    to the path (no project install): the RLE must come from the vendored copy."""
+    """Import code/inference.py exactly as python_service.py does, with only code/ on the path (no
+    project install, no code/lib, which would make the container skip requirements.txt): the RLE
+    must come from the vendored copy."""
     with tarfile.open(packaged_model) as archive:
         archive.extractall(tmp_path, filter="data")
     code = tmp_path / "code"
     script = f"""
 import importlib.util, sys
-sys.path[:0] = [{str(code)!r}, {str(code / "lib")!r}]
+sys.path[:0] = [{str(code)!r}]
 sys.path.append({sysconfig.get_paths()["purelib"]!r})  # numpy and Pillow, as pip installs them
 spec = importlib.util.spec_from_file_location("inference", {str(code / "inference.py")!r})
 inference = importlib.util.module_from_spec(spec)
@@ -62,7 +63,8 @@ print(inference.input_handler.__name__, inference.output_handler.__name__)
     )
     assert result.returncode == 0, result.stderr
     rle_file, rle, handlers = result.stdout.splitlines()
-    assert Path(rle_file) == code / "lib" / "trainer" / "data" / "rle.py"
+    assert Path(rle_file) == code / "trainer" / "data" / "rle.py"
+    assert not (code / "lib").exists()
     assert rle == "2 3"
     assert handlers == "input_handler output_handler"
 

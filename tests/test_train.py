@@ -12,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.train import main, train
+from trainer.train import build_model, export, main, train
 from trainer.training.config import Cluster, ConfigError, parse_config
 from trainer.training.runtime import tf_config_for
 
@@ -90,7 +91,7 @@ def test_local_defaults_and_explicit_flags():
     assert config.train_dir == Path("runs/tfrecords/train")
     assert config.model_dir == Path("runs/model")
     assert config.checkpoint_dir == Path("runs/checkpoints")
-    assert (config.image_size, config.depth, config.base_filters) == ((256, 384), 4, 16)
+    assert (config.image_size, config.depth, config.base_filters, config.cache) == ((128, 192), 4, 16, True)
     assert not config.cluster.multi_worker and config.cluster.is_chief
     config = parse_config(
         ["--data", "d", "--validation", "v", "--model_dir", "/tmp/m", "--profile-batches", "0"], {}
@@ -124,6 +125,14 @@ def test_main_reports_bad_input_and_returns_2(tmp_path, capsys):
         f"carvana train: error: {tmp_path / 'missing' / 'train'}: no *.tfrecord shards"
         in capsys.readouterr().err
     )
+
+
+def test_an_unreadable_checkpoint_state_is_reported(sample_tfrecords, tmp_path, capsys):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "state.json").write_text('{"epoch": 3, "checkpoint": "ckpt-000000024.keras"}')
+    assert main(run_args(sample_tfrecords, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "state.json: names checkpoint ckpt-000000024.keras, which is missing from" in err
 
 
 def test_tf_config_for_multi_host_jobs():
@@ -166,7 +175,7 @@ def test_short_training_run_lowers_the_loss_and_writes_everything(sample_tfrecor
         for event in tf.compat.v1.train.summary_iterator(str(event_file))
         for value in event.summary.value
     }
-    assert {"epoch_loss", "epoch_dice", "photo | truth | prediction"} <= tags
+    assert {"epoch_loss", "epoch_dice", "validation_masks"} <= tags
 
     # The exported model answers at the photo's size, with the best epoch's weights.
     assert result.export_dir == tmp_path / "model" / "unet" / "1"
@@ -236,3 +245,23 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfre
     (checkpoint,) = (tmp_path / "checkpoints").glob("ckpt-*.keras")
     assert int(checkpoint.stem.split("-")[1]) >= epochs * steps_per_epoch
     assert np.isfinite(final["history"]["val_loss"]).all()
+
+
+def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):
+    config = parse_config(
+        ["--model-dir", str(tmp_path), "--image-size", "32x48", "--depth", "2", "--base-filters", "4"], {}
+    )
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        trained = build_model(config)
+        export_dir = export(trained, config)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    graph = tf.saved_model.load(str(export_dir)).signatures["predict_images"].graph.as_graph_def()
+    conv_types = {
+        tf.dtypes.as_dtype(node.attr["T"].type).name
+        for function in graph.library.function
+        for node in function.node_def
+        if node.op == "Conv2D"
+    }
+    assert conv_types == {"float32"}

@@ -5,7 +5,7 @@ answer with a mask at that same size, so the resize is part of the graph: decode
 training size, run the network, resize the *logits* back to each photo's own size (bilinear, then
 the sigmoid: sharper edges than resizing probabilities), threshold at 0.5. Nothing outside the
 SavedModel (TF Serving, the inference handler, ``carvana evaluate``) needs to know the training
-size. Three signatures (see the contract in README):
+size. Its three signatures, which serving, evaluation and prediction rely on:
 
 - ``serving_default``: ``image_bytes`` string [B] (JPEG/PNG, one size per batch) ->
   ``probabilities`` float32 [B,H,W], ``mask`` uint8 [B,H,W] in {0, 1}

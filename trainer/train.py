@@ -61,9 +61,8 @@ class TrainResult:
     export_dir: Path | None
 
 
-def build_model(config: TrainConfig) -> keras.Model:
-    """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics."""
-    model = build_unet(
+def _unet(config: TrainConfig) -> keras.Model:
+    return build_unet(
         input_shape=(*config.image_size, 3),
         depth=config.depth,
         base_filters=config.base_filters,
@@ -71,6 +70,11 @@ def build_model(config: TrainConfig) -> keras.Model:
         dropout=config.dropout,
         upsampling=config.upsampling,
     )
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics."""
+    model = _unet(config)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=bce_dice_loss,
@@ -128,11 +132,73 @@ def _first_images(dataset: tf.data.Dataset, count: int) -> tuple[tf.Tensor, tf.T
     return next(iter(dataset.unbatch().take(count).batch(count)))
 
 
+def _callbacks(
+    config: TrainConfig,
+    state: RunState,
+    stop: StopRequest,
+    debugger: Debugger,
+    probe: tuple[tf.Tensor, tf.Tensor] | None,
+    preview: tuple[tf.Tensor, tf.Tensor] | None,
+    start: float,
+) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping, TimeBudget | None]:
+    """The run's callbacks in the order they must see each epoch, plus the two whose outcome matters.
+
+    Debugger rules first (a NaN stops the step before anything is saved), then early stopping and
+    learning-rate reduction, then the checkpoint (which records their counters), then the output.
+    """
+    chief = config.cluster.is_chief
+    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.patience)
+    reduce_lr = keras.callbacks.ReduceLROnPlateau(
+        monitor=PLATEAU_METRIC,
+        factor=config.lr_factor,
+        patience=config.lr_patience,
+        min_lr=config.min_lr,
+        verbose=1,
+    )
+    resumable = {"early_stopping": early_stopping, "reduce_lr": reduce_lr}
+    callbacks: list[keras.callbacks.Callback] = [
+        *debugger.callbacks(probe, bce_dice_loss, state.history),
+        early_stopping,
+        reduce_lr,
+        Checkpointer(config.checkpoint_dir, state, stop, resumable, enabled=chief),
+        # Keras' own progress output (it would otherwise be appended last), then the tuner's line.
+        keras.callbacks.ProgbarLogger(),
+        EpochLogger(state, start),
+    ]
+    if chief:
+        callbacks += [
+            HistoryWriter(state, config.output_data_dir),
+            keras.callbacks.TensorBoard(
+                str(config.tensorboard_dir), write_graph=False, profile_batch=config.profile_batches or 0
+            ),
+        ]
+        if preview is not None:
+            callbacks.append(MaskPreview(*preview, config.tensorboard_dir))
+    budget = TimeBudget(config.max_minutes, start) if config.max_minutes > 0 else None
+    if budget is not None:
+        callbacks.append(budget)
+    return callbacks, early_stopping, budget
+
+
+def export(model: keras.Model, config: TrainConfig) -> Path:
+    """Export a plain float32 copy of ``model``: the same weights, no mixed precision, no strategy.
+
+    A graph traced under the float16 policy would run float16 convolutions in a CPU TF Serving
+    container (slow where supported at all), and distributed variables belong to the training
+    strategy; a fresh copy built outside both serves the same everywhere. Leaves the global dtype
+    policy at float32 (training is over).
+    """
+    keras.mixed_precision.set_global_policy("float32")
+    plain = _unet(config)
+    plain.set_weights(model.get_weights())
+    return export_saved_model(plain, config.model_dir, config.image_size)
+
+
 def train(config: TrainConfig) -> TrainResult:
     """Train (resuming when a checkpoint exists) and export; see the module docstring."""
     start = time.monotonic()
+    strategy = make_strategy(config.cluster)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.seed)
-    strategy = make_strategy(config.cluster)
     mixed = use_mixed_precision(config.mixed_precision)
     chief = config.cluster.is_chief
     if chief:
@@ -153,60 +219,28 @@ def train(config: TrainConfig) -> TrainResult:
         model = build_model(config)
         if state.checkpoint:
             restore_checkpoint(model, config.checkpoint_dir, state)
-            print(
-                f"resuming after epoch {state.epoch} from {config.checkpoint_dir / state.checkpoint}",
-                flush=True,
-            )
+            print(f"resuming after epoch {state.epoch} from {config.checkpoint_dir / state.checkpoint}")
     print(
-        f"model: U-Net depth {config.depth}, base {config.base_filters}, {model.count_params():,} parameters"
+        f"model: U-Net depth {config.depth}, base {config.base_filters}, {model.count_params():,} parameters",
+        flush=True,
     )
-
-    debugger = Debugger(
-        config.output_data_dir / REPORT_NAME, DebuggerConfig(), resume=state.epoch > 0 and chief
-    )
-    probe = _first_images(plain_train_ds, DebuggerConfig().probe_images)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.patience)
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor=PLATEAU_METRIC,
-        factor=config.lr_factor,
-        patience=config.lr_patience,
-        min_lr=config.min_lr,
-        verbose=1,
-    )
-    stop = StopRequest()
-    budget = TimeBudget(config.max_minutes, start) if config.max_minutes > 0 else None
-    callbacks: list[keras.callbacks.Callback] = [
-        *debugger.callbacks(probe, bce_dice_loss, state.history),
-        early_stopping,
-        reduce_lr,
-        Checkpointer(
-            config.checkpoint_dir,
-            state,
-            stop,
-            {"early_stopping": early_stopping, "reduce_lr": reduce_lr},
-            enabled=chief,
-        ),
-        # Keras' own progress output first (it would otherwise be appended last), then the tuner's line.
-        keras.callbacks.ProgbarLogger(),
-        EpochLogger(state, start),
-    ]
-    if chief:
-        callbacks.append(HistoryWriter(state, config.output_data_dir))
-        callbacks.append(
-            keras.callbacks.TensorBoard(
-                str(config.tensorboard_dir), write_graph=False, profile_batch=config.profile_batches or 0
-            )
-        )
-        preview = _first_images(val_ds, config.preview_images)
-        if preview is not None:
-            callbacks.append(MaskPreview(*preview, config.tensorboard_dir))
-    if budget is not None:
-        callbacks.append(budget)
 
     if state.stop_reason == "early_stopping" or state.epoch >= config.epochs:
         print(f"training already finished after epoch {state.epoch}: exporting only", flush=True)
         stop_reason = "already_finished"
     else:
+        debugger_config = DebuggerConfig()
+        debugger = Debugger(config.output_data_dir / REPORT_NAME, debugger_config, resume=state.epoch > 0)
+        stop = StopRequest()
+        callbacks, early_stopping, budget = _callbacks(
+            config,
+            state,
+            stop,
+            debugger,
+            _first_images(plain_train_ds, debugger_config.probe_images),
+            _first_images(val_ds, config.preview_images),
+            start,
+        )
         try:
             with stop.installed():
                 model.fit(
@@ -219,15 +253,12 @@ def train(config: TrainConfig) -> TrainResult:
                     verbose=config.verbosity,
                 )
         except TrainingInterruptedError as err:
-            debugger.write()
             print(f"interrupted: {err}; rerun with the same checkpoint folder to resume", flush=True)
             return TrainResult(state.epoch, "interrupted", state.best_value, None)
         finally:
-            if chief:
-                debugger.write()
+            debugger.write()
         if early_stopping.stopped_epoch > 0:
-            stop_reason = "early_stopping"
-            state.stop_reason = stop_reason
+            stop_reason = state.stop_reason = "early_stopping"
             if chief:
                 state.save(config.checkpoint_dir)
         else:
@@ -238,7 +269,7 @@ def train(config: TrainConfig) -> TrainResult:
     write_history(state.history, config.output_data_dir)
     if load_best_weights(model, config.checkpoint_dir):
         print(f"exporting the best epoch ({state.best_epoch}, val_dice {state.best_value:.4f})", flush=True)
-    export_dir = export_saved_model(model, config.model_dir, config.image_size)
+    export_dir = export(model, config)
     minutes = (time.monotonic() - start) / 60
     print(
         f"done ({stop_reason}) after {state.epoch} epochs in {minutes:.1f} min: SavedModel {export_dir}, "

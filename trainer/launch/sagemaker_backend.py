@@ -259,8 +259,8 @@ def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
            session: sagemaker.Session | None = None) -> DeployResult:
     """Create the model (the job's model.tar.gz repacked with code/inference.py), config and endpoint.
 
-    The SDK repacks ``model_data``: it adds ``code/inference.py`` and ``code/requirements.txt`` and
-    the vendored ``code/lib/trainer`` (RLE) beside ``unet/1/``, uploads the result under the
+    The SDK repacks ``model_data``: it adds ``code/inference.py``, ``code/requirements.txt`` and the
+    vendored ``code/trainer/data/rle.py`` beside ``unet/1/``, uploads the result under the
     prefix's ``models/`` and points the model at the TF Serving 2.19 image (CPU or GPU after the
     instance type; CPU for serverless, which has no GPUs).
     """
@@ -270,14 +270,13 @@ def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
     model_name = f"{spec.endpoint_name}-model"
     check_name(model_name, "model name")
     with tempfile.TemporaryDirectory(prefix="carvana-serving-") as tmp:
-        code_dir, library = stage_inference_code(Path(tmp))
+        code_dir = stage_inference_code(Path(tmp))
         model = TensorFlowModel(
             model_data=spec.model_data,
             role=settings.role,
             framework_version=FRAMEWORK_VERSION,
             entry_point="inference.py",
             source_dir=str(code_dir),
-            dependencies=[str(library)],
             env={"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": MODEL_NAME, **spec.environment},
             code_location=settings.s3("models"),
             name=model_name,

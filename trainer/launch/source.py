@@ -49,23 +49,23 @@ def stage_training_source(dest: str | Path) -> Path:
     return dest
 
 
-def stage_inference_code(dest: str | Path) -> tuple[Path, Path]:
-    """Write the endpoint's ``code/`` tree under ``dest``; return (code folder, library folder).
+def stage_inference_code(dest: str | Path) -> Path:
+    """Write the endpoint's code folder under ``dest`` and return it.
 
-    SageMaker's repack copies the code folder into ``code/`` of model.tar.gz and each library folder
-    into ``code/lib/``, which the TF Serving container puts on ``sys.path``: the result is
-    ``code/inference.py``, ``code/requirements.txt`` and ``code/lib/trainer/data/rle.py``, the
-    layout ``carvana package`` writes (its constants say what goes in, so the two cannot drift).
+    SageMaker's repack copies the folder into ``code/`` of model.tar.gz: ``code/inference.py``,
+    ``code/requirements.txt`` and the vendored RLE module as ``code/trainer/data/rle.py`` (the
+    container puts ``code/`` on ``sys.path``). Not ``code/lib/``: when that exists, the TF Serving
+    container skips ``requirements.txt``. It is the layout ``carvana package`` writes, from the same
+    constants, so the two cannot drift.
     """
     # Imported here: serving.package loads TensorFlow, which fit and tune never need.
     from serving.package import HANDLERS, REPO, REQUIREMENTS, VENDORED
 
-    dest = Path(dest)
-    code, library = dest / "code", dest / "lib"
+    code = Path(dest) / "code"
     code.mkdir(parents=True)
     shutil.copy2(HANDLERS, code / "inference.py")
     (code / "requirements.txt").write_text(REQUIREMENTS)
-    for module in VENDORED:  # trainer/__init__.py, trainer/data/rle.py, ...
-        (library / module).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / module, library / module)
-    return code, library / "trainer"
+    for module in VENDORED:  # trainer/__init__.py, trainer/data/__init__.py, trainer/data/rle.py
+        (code / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / module, code / module)
+    return code

@@ -63,8 +63,8 @@ def _save_replacing(path: Path, save: Callable[[Path], None]) -> None:
 
 
 def _json_number(value: Any) -> Any:
-    """Plain floats for JSON (NumPy scalars are not serialisable); None stays None."""
-    return None if value is None else float(value) if isinstance(value, (float, np.floating)) else value
+    """NumPy scalars as plain Python numbers, which JSON can hold; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass
@@ -92,7 +92,7 @@ class RunState:
                 f"{path}: not a training state file ({err}); remove it to start afresh"
             ) from err
         if state.checkpoint and not (checkpoint_dir / state.checkpoint).is_file():
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: names checkpoint {state.checkpoint}, which is missing from {checkpoint_dir}"
             )
         return state
@@ -335,7 +335,13 @@ class MaskPreview(keras.callbacks.Callback):
             axis=2,
         )
         with self.writer.as_default():
-            tf.summary.image("photo | truth | prediction", panels, step=epoch + 1, max_outputs=len(panels))
+            tf.summary.image(
+                "validation_masks",
+                panels,
+                step=epoch + 1,
+                max_outputs=len(panels),
+                description="photo | true mask | predicted car probability",
+            )
         self.writer.flush()
 
     def on_train_end(self, logs: dict | None = None) -> None:
