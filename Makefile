@@ -32,7 +32,10 @@ test-all: $(STAMP) lint
 # The whole job on the embedded default (a synthetic sample; CARVANA_DATA=/path uses Kaggle's layout):
 # data -> TFRecords -> a local training job -> evaluation -> masks and cut-outs -> endpoint -> Lambda.
 DEMO_SIZE   ?= 128x192
-DEMO_EPOCHS ?= 12
+DEMO_EPOCHS ?= 15
+# Job names are unique, as on SageMaker; jobs/latest points at the newest one.
+DEMO_JOB    := demo-$(shell date +%Y%m%d-%H%M%S)
+MODEL_TAR   := $(DEMO)/jobs/latest/output/model.tar.gz
 CARVANA     := PATH="$(CURDIR)/$(BIN):$$PATH" TF_CPP_MIN_LOG_LEVEL=2 carvana
 
 demo: demo-data demo-train demo-evaluate demo-serve
@@ -41,22 +44,25 @@ demo: demo-data demo-train demo-evaluate demo-serve
 demo-data: $(STAMP)
 	@if [ -n "$(CARVANA_DATA)" ]; then echo "using $(CARVANA_DATA)"; rm -rf $(DEMO)/data; mkdir -p $(DEMO); \
 	  ln -sfn "$(abspath $(CARVANA_DATA))" $(DEMO)/data; \
-	else $(CARVANA) make-sample --out $(DEMO)/data --cars 6; fi
-	$(CARVANA) convert --data $(DEMO)/data --out $(DEMO)/tfrecords --size $(DEMO_SIZE) --val-fraction 0.34
+	else $(CARVANA) make-sample --out $(DEMO)/data --cars 8; fi
+	$(CARVANA) convert --data $(DEMO)/data --out $(DEMO)/tfrecords --size $(DEMO_SIZE) --val-fraction 0.25
 	$(CARVANA) preview --tfrecords $(DEMO)/tfrecords --split train --out $(DEMO)/preview.png
 
 demo-train: $(STAMP)
-	$(CARVANA) fit --backend local --work $(DEMO)/jobs --job-name demo-unet --data $(DEMO)/tfrecords \
-	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --batch-size 8 --learning-rate 0.002 \
-	  --hp max-minutes=4
+	$(CARVANA) fit --backend local --work $(DEMO)/jobs --job-name $(DEMO_JOB) --data $(DEMO)/tfrecords \
+	  --image-size $(DEMO_SIZE) --epochs $(DEMO_EPOCHS) --batch-size 8 --hp max-minutes=4
+	ln -sfn $(DEMO_JOB) $(DEMO)/jobs/latest
 
 demo-evaluate: $(STAMP)
-	$(CARVANA) evaluate --model $(DEMO)/jobs/demo-unet/output/model.tar.gz --data $(DEMO)/data \
+	$(CARVANA) evaluate --model $(MODEL_TAR) --data $(DEMO)/data \
 	  --manifest $(DEMO)/tfrecords --split validation --worst 4 --out $(DEMO)/evaluation
-	mkdir -p $(DEMO)/photos && ls $(DEMO)/data/train/*.jpg | head -4 | xargs -I{} cp {} $(DEMO)/photos/
-	$(CARVANA) predict $(DEMO)/photos --model $(DEMO)/jobs/demo-unet/output/model.tar.gz --cutout \
+	@# Four views of a validation car (never seen in training) for predict and the Lambda.
+	rm -rf $(DEMO)/photos && mkdir -p $(DEMO)/photos && car=$$($(BIN)/python -c "import json; \
+	  print(json.load(open('$(DEMO)/tfrecords/manifest.json'))['splits']['validation']['cars'][0])") && \
+	  for n in 01 05 09 13; do cp $(DEMO)/data/train/$${car}_$$n.jpg $(DEMO)/photos/; done
+	$(CARVANA) predict $(DEMO)/photos --model $(MODEL_TAR) --cutout \
 	  --out $(DEMO)/predictions
-	$(CARVANA) package --model-dir $(DEMO)/jobs/demo-unet/opt/ml/model --out $(DEMO)/model.tar.gz
+	$(CARVANA) package --model-dir $(DEMO)/jobs/latest/opt/ml/model --out $(DEMO)/model.tar.gz
 
 # The user's last step: serve the model, call the Lambda through the local API gateway.
 SERVE_PORT   ?= 8080

@@ -158,6 +158,9 @@ def test_short_training_run_lowers_the_loss_and_writes_everything(sample_tfrecor
     losses = [float(m[2]) for m in lines]
     assert losses[-1] < losses[0]
     assert result.stop_reason == "completed" and result.epochs_completed == 3
+    # The tuners score the last val_dice in the log: it must be the exported (best) epoch's.
+    last_val_dice = re.findall(r"val_dice=([0-9.]+)", out)[-1]
+    assert float(last_val_dice) == round(max(float(m[5]) for m in lines), 4) == round(result.best_val_dice, 4)
 
     with (tmp_path / "output" / "history.csv").open() as handle:
         rows = list(csv.DictReader(handle))

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from trainer.atomic import atomic_path
+from trainer.atomic import atomic_path, write_json
 from trainer.data.layout import DatasetError, Photo, read_mask, read_photo, scan_dataset
 from trainer.model.metrics import dice_numpy
 from trainer.saved_model_io import THRESHOLD, ModelLoadError, SegmentationModel, open_model, to_mask
@@ -210,11 +210,6 @@ def write_per_image(path: Path, cases: Sequence[Case]) -> None:
         writer = csv.writer(f)
         writer.writerow(["id", "angle", "dice"])
         writer.writerows([c.photo.car_id, c.photo.angle, f"{c.dice:.6f}"] for c in cases)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
 
 
 def score_photos(

@@ -268,7 +268,9 @@ def train(config: TrainConfig) -> TrainResult:
         return TrainResult(state.epoch, stop_reason, state.best_value, None)
     write_history(state.history, config.output_data_dir)
     if load_best_weights(model, config.checkpoint_dir):
-        print(f"exporting the best epoch ({state.best_epoch}, val_dice {state.best_value:.4f})", flush=True)
+        # Tuners (SageMaker's and the local one) take the LAST val_dice in the log as the objective:
+        # this line makes that the score of the weights actually exported, not of the last epoch.
+        print(f"exporting the best epoch ({state.best_epoch}): val_dice={state.best_value:.4f}", flush=True)
     export_dir = export(model, config)
     minutes = (time.monotonic() - start) / 60
     print(

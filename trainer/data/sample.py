@@ -471,15 +471,12 @@ def _write_car(task: tuple[CarSpec, int, int, Path]) -> list[tuple[str, str]]:
     for angle in range(1, ANGLES + 1):
         name = f"{spec.car_id}_{angle:02d}"
         photo, mask = _render(spec, angle, height, width, backdrop)
-        _save_atomic(photo, out / "train" / f"{name}.jpg", format="JPEG", quality=92)
-        _save_atomic(mask, out / "train_masks" / f"{name}_mask.gif", format="GIF")
+        with atomic_path(out / "train" / f"{name}.jpg") as tmp:
+            photo.save(tmp, format="JPEG", quality=92)
+        with atomic_path(out / "train_masks" / f"{name}_mask.gif") as tmp:
+            mask.save(tmp, format="GIF")
         rows.append((f"{name}.jpg", rle_encode(np.asarray(mask))))
     return rows
-
-
-def _save_atomic(image: Image.Image, path: Path, **options: object) -> None:
-    with atomic_path(path) as tmp:
-        image.save(tmp, **options)
 
 
 def _write_csv(path: Path, header: list[str], rows: list, *, quote_all: bool = False) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainer.atomic import atomic_path
+from trainer.atomic import write_json
 
 CHUNK = 8 * 1024 * 1024
 
@@ -92,8 +92,7 @@ class LocalStorage:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def write_json(self, name: str, data: Any) -> None:
-        with atomic_path(self.root / name) as tmp:
-            tmp.write_text(json.dumps(data, indent=1) + "\n")
+        write_json(self.root / name, data, indent=1)
 
     def remove(self, name: str) -> None:
         (self.root / name).unlink(missing_ok=True)

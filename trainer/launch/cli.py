@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from trainer.launch.backends import BACKENDS, DEFAULT_PORT, DEFAULT_WORK, Backend, LocalBackend, make_backend
@@ -200,14 +201,27 @@ def _settings(args: argparse.Namespace):  # -> SageMakerSettings, imported only 
     return SageMakerSettings.from_args(args)
 
 
-def _print_job(result: JobResult) -> None:
-    print(f"job {result.job_name}: {result.status}")
-    metrics = {k: v for k, v in result.final_metrics.items() if k != "epoch"}
-    if metrics:
-        print("  final metrics: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    for label, value in (("model", result.model_artifact), ("output", result.output_artifact)):
+def _print_metrics(heading: str, metrics: Mapping[str, float]) -> None:
+    """``  heading: name=value ...``, leaving out the epoch counter (it is not a score); nothing if empty.
+
+    Shared by fit and tune so a job's metrics read the same in both reports.
+    """
+    shown = {k: v for k, v in metrics.items() if k != "epoch"}
+    if shown:
+        print(f"  {heading}: " + " ".join(f"{k}={v:.4f}" for k, v in shown.items()))
+
+
+def _print_locations(locations: Iterable[tuple[str, object]]) -> None:
+    """``  label: location`` for each output that exists (a failed job or tuner leaves some unset)."""
+    for label, value in locations:
         if value:
             print(f"  {label}: {value}")
+
+
+def _print_job(result: JobResult) -> None:
+    print(f"job {result.job_name}: {result.status}")
+    _print_metrics("final metrics", result.final_metrics)
+    _print_locations((("model", result.model_artifact), ("output", result.output_artifact)))
 
 
 def run_fit(args: argparse.Namespace, backend: Backend) -> int:
@@ -225,12 +239,8 @@ def run_tune(args: argparse.Namespace, backend: Backend) -> int:
     if result.best_job_name:
         tuned = " ".join(f"{k}={v}" for k, v in result.best_hyperparameters.items())
         print(f"  best job {result.best_job_name}: val_dice={result.best_objective:.4f} ({tuned})")
-        others = {k: v for k, v in result.best_metrics.items() if k != "epoch"}
-        if others:
-            print("  its final metrics: " + " ".join(f"{k}={v:.4f}" for k, v in others.items()))
-    for label, path in (("results", result.results_csv), ("plot", result.plot_png)):
-        if path:
-            print(f"  {label}: {path}")
+        _print_metrics("its final metrics", result.best_metrics)
+    _print_locations((("results", result.results_csv), ("plot", result.plot_png)))
     return 0 if result.status != "Failed" else 1
 
 

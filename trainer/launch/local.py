@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from trainer.atomic import atomic_path
+from trainer.atomic import atomic_path, write_json
 from trainer.launch.source import ENTRY_POINT, stage_training_source
 from trainer.launch.spec import (
     METRIC_DEFINITIONS,
@@ -143,11 +143,6 @@ def count_gpus() -> int:
     return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
 
 
-def _write_json(path: Path, payload: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
-
-
 def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
     """Create the job folder, stage the code, link the channels and write the config files.
 
@@ -208,8 +203,8 @@ def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
             }
         ),
     }
-    _write_json(layout.input_config / "hyperparameters.json", hyperparameters)
-    _write_json(
+    write_json(layout.input_config / "hyperparameters.json", hyperparameters, default=str)
+    write_json(
         layout.input_config / "inputdataconfig.json",
         {
             channel: {
@@ -219,8 +214,9 @@ def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
             }
             for channel in channels
         },
+        default=str,
     )
-    _write_json(layout.input_config / "resourceconfig.json", _resource_config())
+    write_json(layout.input_config / "resourceconfig.json", _resource_config(), default=str)
     return layout
 
 
@@ -435,7 +431,7 @@ def _finish(
     if status != "Failed" or any(layout.output_data.iterdir()):
         output_artifact = str(_tar_folder(layout.output_data, layout.artifacts / "output.tar.gz"))
     ended = dt.datetime.now(dt.UTC)
-    _write_json(
+    write_json(
         layout.description,
         {
             "TrainingJobName": spec.job_name,
@@ -465,6 +461,7 @@ def _finish(
             "TrainingTimeInSeconds": round((ended - started).total_seconds()),
             "Tags": [{"Key": k, "Value": v} for k, v in spec.tags.items()],
         },
+        default=str,
     )
     return JobResult(
         job_name=spec.job_name,

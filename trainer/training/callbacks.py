@@ -14,10 +14,9 @@ import contextlib
 import csv
 import json
 import math
-import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from trainer.atomic import atomic_path
+from trainer.atomic import atomic_path, write_json
 from trainer.training.plots import plot_training_curves
 
 STATE_NAME = "state.json"
@@ -44,22 +43,6 @@ class CheckpointError(ValueError):
 
 class TrainingInterruptedError(Exception):
     """Raised (after saving a checkpoint) to leave ``fit`` at once when a stop signal arrived."""
-
-
-def _save_replacing(path: Path, save: Callable[[Path], None]) -> None:
-    """Save via ``save(tmp)`` to a temporary name beside ``path``, then rename it over ``path``.
-
-    Keras picks the format from the full suffix (``.keras``, ``.weights.h5``), so the temporary
-    name keeps the whole file name and only gains a hidden prefix.
-    """
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def _json_number(value: Any) -> Any:
@@ -98,8 +81,7 @@ class RunState:
         return state
 
     def save(self, checkpoint_dir: Path) -> None:
-        with atomic_path(checkpoint_dir / STATE_NAME) as tmp:
-            tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        write_json(checkpoint_dir / STATE_NAME, asdict(self))
 
     def record(self, epoch: int, logs: dict[str, float]) -> bool:
         """Append one epoch's logs to the history; True when it is the best epoch so far."""
@@ -192,7 +174,8 @@ class Checkpointer(keras.callbacks.Callback):
             for name, callback in self.resumable.items()
         }
         if is_best and self.enabled:
-            _save_replacing(self.checkpoint_dir / BEST_WEIGHTS_NAME, self.model.save_weights)
+            with atomic_path(self.checkpoint_dir / BEST_WEIGHTS_NAME) as tmp:
+                self.model.save_weights(tmp)
         self.save()
         self._stop_if_requested()
 
@@ -203,7 +186,8 @@ class Checkpointer(keras.callbacks.Callback):
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         step = int(self.model.optimizer.iterations.numpy())
         name = f"{CHECKPOINT_PREFIX}{step:09d}.keras"
-        _save_replacing(self.checkpoint_dir / name, self.model.save)
+        with atomic_path(self.checkpoint_dir / name) as tmp:
+            self.model.save(tmp)
         self.state.checkpoint = name
         self.state.save(self.checkpoint_dir)
         for old in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*.keras"):

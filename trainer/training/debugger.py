@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from trainer.atomic import atomic_path
+from trainer.atomic import write_json
 
 REPORT_NAME = "debugger-report.json"
 
@@ -86,8 +86,7 @@ class Debugger:
             "gradient_norms": self.gradient_norms,
             "rules": asdict(self.config),
         }
-        with atomic_path(self.report_path) as tmp:
-            tmp.write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
+        write_json(self.report_path, report)  # NaN/inf norms stay (json's default allow_nan)
         return self.report_path
 
     def callbacks(
