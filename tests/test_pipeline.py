@@ -119,6 +119,14 @@ def encoded_mask_dataset(tmp_path: Path, count: int = 12) -> Path:
     return folder
 
 
+def edge_band(mask: np.ndarray) -> np.ndarray:
+    """Pixels within one pixel (8-neighbourhood) of the mask's edge."""
+    padded = np.pad(mask, 1, mode="edge")
+    shifted = [padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    return np.any(shifted, axis=0) & ~np.all(shifted, axis=0)
+
+
 def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
     folder = encoded_mask_dataset(tmp_path)
     plain = np.concatenate([y for _, y in batches(folder, training=False)])
@@ -131,8 +139,11 @@ def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
         grey = image.mean(axis=-1)
         # Brightness/contrast/saturation are monotonic, so the photo still separates at mid-range.
         from_photo = grey > (grey.min() + grey.max()) / 2
-        disagree = np.mean(from_photo != (mask[..., 0] > 0.5))
-        assert disagree < 0.01, f"image and mask disagree on {disagree:.1%} of the pixels"
+        car = mask[..., 0] > 0.5
+        # On the edge itself bilinear (photo) and nearest (mask) sampling may round differently;
+        # everywhere else a misaligned pair (a flip or shift applied to one only) would disagree.
+        disagree = np.mean((from_photo != car) & ~edge_band(car))
+        assert disagree < 0.001, f"image and mask disagree on {disagree:.2%} of the pixels off the edge"
         moved += not np.array_equal(mask, original)
     assert moved >= len(images) // 2  # the geometric augmentation did move most masks
 
