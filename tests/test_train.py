@@ -91,7 +91,7 @@ def test_local_defaults_and_explicit_flags():
     assert config.train_dir == Path("runs/tfrecords/train")
     assert config.model_dir == Path("runs/model")
     assert config.checkpoint_dir == Path("runs/checkpoints")
-    assert (config.image_size, config.depth, config.base_filters, config.cache) == ((128, 192), 4, 16, True)
+    assert (config.image_size, config.depth, config.base_filters, config.cache) == ((192, 288), 4, 16, True)
     assert not config.cluster.multi_worker and config.cluster.is_chief
     config = parse_config(
         ["--data", "d", "--validation", "v", "--model_dir", "/tmp/m", "--profile-batches", "0"], {}
