@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 CARVANA_DATA ?=
 DEMO   ?= demo
 
-.PHONY: venv test test-all lint demo demo-data demo-train demo-evaluate demo-serve clean
+.PHONY: venv test lint demo demo-data demo-train demo-evaluate demo-serve clean
 
 venv: $(STAMP)
 
@@ -24,10 +24,6 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
-
-# Also the slow tests (real-data training runs, long benchmarks).
-test-all: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "slow or not slow"
 
 # The whole job on the embedded default (a synthetic sample; CARVANA_DATA=/path uses Kaggle's layout):
 # data -> TFRecords -> a local training job -> evaluation -> masks and cut-outs -> endpoint -> Lambda.
