@@ -12,20 +12,21 @@ import importlib
 import os
 import sys
 
-# name -> (module, one-line summary), in pipeline order.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "make-sample": ("trainer.data.sample", "write a synthetic dataset in the Kaggle Carvana layout"),
-    "convert": ("trainer.data.convert", "convert a Carvana folder into sharded TFRecords (local or s3://)"),
-    "preview": ("trainer.data.preview", "save a PNG grid of one pipeline batch with masks overlaid"),
-    "train": ("trainer.train", "train the U-Net locally (the SageMaker entry point, local defaults)"),
-    "evaluate": ("trainer.evaluate", "mean Dice per image at full resolution, worst cases as PNGs"),
-    "predict": ("trainer.predict", "masks, cut-outs and a Kaggle submission CSV for photos"),
-    "fit": ("trainer.launch.cli", "launch a training job (--backend local|sagemaker)"),
-    "tune": ("trainer.launch.cli", "launch a hyperparameter tuning job (--backend local|sagemaker)"),
-    "deploy": ("trainer.launch.cli", "deploy a trained model (--backend local|sagemaker)"),
-    "package": ("serving.package", "build model.tar.gz in the TF Serving container layout"),
-    "serve": ("serving.server", "run the local endpoint (SageMaker container + TF Serving REST)"),
-    "gateway": ("serving.gateway", "run the local API gateway in front of the Lambda handler"),
+# name -> (module, leading arguments for its main, one-line summary), in pipeline order. The launch
+# module serves three commands and reads which one from its first argument.
+COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "make-sample": ("trainer.data.sample", (), "write a synthetic dataset in the Kaggle Carvana layout"),
+    "convert": ("trainer.data.convert", (), "convert a Carvana folder into sharded TFRecords (local or s3://)"),
+    "preview": ("trainer.data.preview", (), "save a PNG grid of one pipeline batch with masks overlaid"),
+    "train": ("trainer.train", (), "train the U-Net locally (the SageMaker entry point, local defaults)"),
+    "evaluate": ("trainer.evaluate", (), "mean Dice per image at full resolution, worst cases as PNGs"),
+    "predict": ("trainer.predict", (), "masks, cut-outs and a Kaggle submission CSV for photos"),
+    "fit": ("trainer.launch.cli", ("fit",), "launch a training job (--backend local|sagemaker)"),
+    "tune": ("trainer.launch.cli", ("tune",), "launch a tuning job (--backend local|sagemaker)"),
+    "deploy": ("trainer.launch.cli", ("deploy",), "deploy a trained model (--backend local|sagemaker)"),
+    "package": ("serving.package", (), "build model.tar.gz in the TF Serving container layout"),
+    "serve": ("serving.server", (), "run the local endpoint (SageMaker container + TF Serving REST)"),
+    "gateway": ("serving.gateway", (), "run the local API gateway in front of the Lambda handler"),
 }
 
 
@@ -33,7 +34,7 @@ def usage() -> str:
     """The top-level help text listing every subcommand."""
     width = max(map(len, COMMANDS))
     lines = ["usage: carvana <command> [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in COMMANDS.items()]
     lines += ["", "Run 'carvana <command> --help' for a command's options."]
     return "\n".join(lines)
 
@@ -51,11 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter (oneDNN, CPU features) buries the progress people follow;
     # TF_CPP_MIN_LOG_LEVEL=0 brings it back.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    module = importlib.import_module(COMMANDS[name][0])
-    # The launch module serves three commands; it reads which one from its first argument.
-    if module.__name__ == "trainer.launch.cli":
-        rest = [name, *rest]
-    return int(module.main(rest) or 0)
+    module_name, lead, _ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return int(module.main([*lead, *rest]) or 0)
 
 
 if __name__ == "__main__":

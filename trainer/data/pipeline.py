@@ -34,9 +34,13 @@ SATURATION = (0.8, 1.2)
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """How batches are made: model input size (H, W), batch size, augmentation and ordering."""
+    """How batches are made: model input size (H, W), batch size, augmentation and ordering.
 
-    image_size: tuple[int, int] = (256, 384)
+    ``image_size`` has no default: it is the model's input size, which the caller (training, preview,
+    benchmark) owns; a second default here would silently disagree with it.
+    """
+
+    image_size: tuple[int, int]
     batch_size: int = 8
     augment: bool = True
     shuffle_buffer: int = 256
