@@ -195,8 +195,8 @@ def test_bad_input_fails_with_the_file_name_or_is_skipped(
 def test_verify_without_manifest_and_bad_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--verify", "--out", str(tmp_path)]) == 2
     assert "manifest.json: not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--data", str(tmp_path), "--out", str(tmp_path), "--size", "64"])
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path), "--size", "64"]) == 2
+    assert "carvana convert: error: --size: size must be HEIGHTxWIDTH" in capsys.readouterr().err
 
 
 def test_s3_destination(s3_bucket, sample_data: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from trainer.atomic import atomic_path
+from trainer.command import UsageError, run_command
 from trainer.data.layout import (
     MASK_SOURCES,
     DatasetError,
@@ -49,7 +50,7 @@ from trainer.data.layout import (
     scan_dataset,
     split_by_car,
 )
-from trainer.data.storage import StorageError, file_sha256, opened
+from trainer.data.storage import file_sha256, opened
 from trainer.data.tfrecord import encode_example, encode_jpeg, encode_mask_png
 
 MANIFEST = "manifest.json"
@@ -373,34 +374,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    prog = parser.prog
+def _command(args: argparse.Namespace) -> int:
     try:
         config = ConvertConfig.from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise UsageError(f"--size: {exc}") from None
     if not 0 <= config.options.val_fraction < 1:
-        parser.error(f"--val-fraction must be in [0, 1), got {config.options.val_fraction}")
-    try:
-        if config.verify:
-            problems = verify(config.out)
-            for name, problem in problems:
-                print(f"{name}: {problem}")
-            print(
-                f"{prog}: verify: {len(problems)} bad shard(s)"
-                if problems
-                else f"{prog}: verify: all shards OK"
-            )
-            return 1 if problems else 0
-        if args.data is None:
-            parser.error("--data is required (except with --verify)")
-        convert(config)
-    except (DatasetError, StorageError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--val-fraction must be in [0, 1), got {config.options.val_fraction}")
+    if config.verify:
+        problems = verify(config.out)
+        for name, problem in problems:
+            print(f"{name}: {problem}")
+        print(f"carvana convert: verify: {len(problems)} bad shard(s)" if problems else
+              "carvana convert: verify: all shards OK")
+        return 1 if problems else 0
+    if args.data is None:
+        raise UsageError("--data is required (except with --verify)")
+    convert(config)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

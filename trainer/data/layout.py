@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from trainer.command import CarvanaError
 from trainer.data.rle import rle_decode
 
 PHOTO_NAME = re.compile(r"^(?P<car>[0-9a-f]{12})_(?P<angle>\d{2})\.jpg$")
@@ -34,7 +35,7 @@ SPLITS = ("train", "test")
 CSV_NAME = "train_masks.csv"
 
 
-class DatasetError(ValueError):
+class DatasetError(CarvanaError, ValueError):
     """Bad input data; the message names the file and what was expected."""
 
 

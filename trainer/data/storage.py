@@ -29,11 +29,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from trainer.atomic import write_json
+from trainer.command import CarvanaError
 
 CHUNK = 8 * 1024 * 1024
 
 
-class StorageError(RuntimeError):
+class StorageError(CarvanaError, RuntimeError):
     """The destination cannot be read or written; the message names the location."""
 
 
