@@ -44,8 +44,8 @@ def compiled_model(
     config: TrainConfig, jit: bool, batch: tuple[tf.Tensor, tf.Tensor], warmup: int
 ) -> keras.Model:
     """The training model with ``jit_compile=jit``, traced, compiled and run ``warmup`` steps."""
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(dataclasses.replace(config, jit=jit))
+    keras.utils.set_random_seed(config.runtime.seed)
+    model = build_model(dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, jit=jit)))
     for _ in range(warmup):
         model.train_on_batch(*batch)
     return model
@@ -75,21 +75,22 @@ def main(argv: list[str] | None = None) -> int:
 
     gpus = tf.config.list_physical_devices("GPU")
     device = f"{len(gpus)} GPU(s)" if gpus else f"CPU only ({os.cpu_count()} cores)"
-    height, width = config.image_size
+    height, width = config.model.image_size
     print(
-        f"TF {tf.__version__}, {device}; U-Net depth {config.depth}, {config.base_filters} base filters, "
-        f"{config.upsampling} upsampling; {height}x{width}, batch {config.batch_size}; "
+        f"TF {tf.__version__}, {device}; U-Net depth {config.model.depth}, "
+        f"{config.model.base_filters} base filters, {config.model.upsampling} upsampling; "
+        f"{height}x{width}, batch {config.optimisation.batch_size}; "
         f"{args.warmup} warm-up steps, then {args.rounds} x {args.steps} timed steps per mode",
         flush=True,
     )
-    batch = synthetic_batch(config.batch_size, height, width, seed=config.seed)
+    batch = synthetic_batch(config.optimisation.batch_size, height, width, seed=config.runtime.seed)
     models = {jit: compiled_model(config, jit, batch, args.warmup) for jit in (False, True)}
     # Rounds alternate the two modes, so a change in machine load (shared cores) hits both alike.
     seconds = {False: 0.0, True: 0.0}
     for _ in range(args.rounds):
         for jit, model in models.items():
             seconds[jit] += timed_steps(model, batch, args.steps)
-    images = args.rounds * args.steps * config.batch_size
+    images = args.rounds * args.steps * config.optimisation.batch_size
     rate = {jit: images / seconds[jit] for jit in models}
     for jit in models:
         mode = "on " if jit else "off"

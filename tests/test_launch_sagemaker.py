@@ -21,20 +21,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
+from local_aws.training_job.toolkit import encode_hyperparameters
 from trainer.launch import sagemaker_backend as smb
 from trainer.launch.cli import main as cli_main
-from trainer.launch.local import encode_hyperparameters
-from trainer.launch.spec import (
-    METRIC_DEFINITIONS,
-    SEARCH_SPACE,
-    Categorical,
-    Continuous,
-    DeploySpec,
-    Integer,
-    JobSpec,
-    TuningSpec,
-    scrape_metrics,
-)
+from trainer.launch.metrics import METRIC_DEFINITIONS, scrape_metrics
+from trainer.launch.search_space import SEARCH_SPACE, Categorical, Continuous, Integer
+from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec
 
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"

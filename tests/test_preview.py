@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -75,3 +76,22 @@ def test_overlay_tints_the_car_and_outlines_it() -> None:
 def test_missing_split_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--tfrecords", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "carvana preview: error:" in capsys.readouterr().err
+
+
+def test_default_size_is_the_converted_size_else_the_training_default(
+    sample_tfrecords: Path, tmp_path: Path
+) -> None:
+    # No --size at conversion (the sample keeps its photos' size): carvana train's default, 192x288.
+    out = tmp_path / "default.png"
+    assert main(["--tfrecords", str(sample_tfrecords), "--out", str(out), "--count", "1"]) == 0
+    assert Image.open(out).size == (288 + 8, 192 + 8)
+    # Converted with --size 32x48: the manifest says so, and the grid follows it.
+    converted = tmp_path / "tfrecords"
+    converted.mkdir()
+    (converted / "train").symlink_to(sample_tfrecords / "train", target_is_directory=True)
+    manifest = json.loads((sample_tfrecords / "manifest.json").read_text())
+    manifest["options"]["size"] = [32, 48]
+    (converted / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "converted.png"
+    assert main(["--tfrecords", str(converted / "train"), "--out", str(out), "--count", "1"]) == 0
+    assert Image.open(out).size == (48 + 8, 32 + 8)

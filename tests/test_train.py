@@ -75,33 +75,35 @@ def test_sagemaker_environment_sets_every_path():
         "1",
     ]
     config = parse_config(argv, env)
-    assert config.train_dir == Path("/opt/ml/input/data/train")
-    assert config.validation_dir == Path("/opt/ml/input/data/validation")
-    assert config.model_dir == Path("/opt/ml/model")  # the s3:// --model_dir is not a place to write
-    assert config.output_data_dir == Path("/opt/ml/output/data")
-    assert config.checkpoint_dir == Path("/opt/ml/checkpoints")
-    assert config.tensorboard_dir == Path("/opt/ml/output/tensorboard")
-    assert (config.epochs, config.jit, config.augment) == (12, True, False)
+    assert config.paths.train_dir == Path("/opt/ml/input/data/train")
+    assert config.paths.validation_dir == Path("/opt/ml/input/data/validation")
+    assert config.paths.model_dir == Path("/opt/ml/model")  # the s3:// --model_dir is not a place to write
+    assert config.paths.output_data_dir == Path("/opt/ml/output/data")
+    assert config.paths.checkpoint_dir == Path("/opt/ml/checkpoints")
+    assert config.paths.tensorboard_dir == Path("/opt/ml/output/tensorboard")
+    assert (config.stopping.epochs, config.runtime.jit, config.pipeline.augment) == (12, True, False)
     assert config.cluster == Cluster(hosts=("algo-1", "algo-2"), current_host="algo-2")
     assert config.cluster.multi_worker and not config.cluster.is_chief
 
 
 def test_local_defaults_and_explicit_flags():
     config = parse_config([], {})
-    assert config.train_dir == Path("runs/tfrecords/train")
-    assert config.model_dir == Path("runs/model")
-    assert config.checkpoint_dir == Path("runs/checkpoints")
-    assert (config.image_size, config.depth, config.base_filters, config.cache) == ((192, 288), 4, 16, True)
+    assert config.paths.train_dir == Path("runs/tfrecords/train")
+    assert config.paths.model_dir == Path("runs/model")
+    assert config.paths.checkpoint_dir == Path("runs/checkpoints")
+    model = config.model
+    assert (model.image_size, model.depth, model.base_filters) == ((192, 288), 4, 16)
+    assert config.pipeline.cache is True
     assert not config.cluster.multi_worker and config.cluster.is_chief
     config = parse_config(
         ["--data", "d", "--validation", "v", "--model_dir", "/tmp/m", "--profile-batches", "0"], {}
     )
-    assert (config.train_dir, config.validation_dir, config.model_dir) == (
+    assert (config.paths.train_dir, config.paths.validation_dir, config.paths.model_dir) == (
         Path("d/train"),
         Path("v"),
         Path("/tmp/m"),
     )
-    assert config.profile_batches is None
+    assert config.runtime.profile_batches is None
 
 
 @pytest.mark.parametrize(

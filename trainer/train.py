@@ -63,12 +63,12 @@ class TrainResult:
 
 def _unet(config: TrainConfig) -> keras.Model:
     return build_unet(
-        input_shape=(*config.image_size, 3),
-        depth=config.depth,
-        base_filters=config.base_filters,
-        batch_norm=config.batch_norm,
-        dropout=config.dropout,
-        upsampling=config.upsampling,
+        input_shape=(*config.model.image_size, 3),
+        depth=config.model.depth,
+        base_filters=config.model.base_filters,
+        batch_norm=config.model.batch_norm,
+        dropout=config.model.dropout,
+        upsampling=config.model.upsampling,
     )
 
 
@@ -76,10 +76,10 @@ def build_model(config: TrainConfig) -> keras.Model:
     """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics."""
     model = _unet(config)
     model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
+        optimizer=keras.optimizers.Adam(config.optimisation.learning_rate),
         loss=bce_dice_loss,
         metrics=[DiceMetric(), IoUMetric()],
-        jit_compile=config.jit,
+        jit_compile=config.runtime.jit,
     )
     return model
 
@@ -89,24 +89,27 @@ def _datasets(
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
     """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
     pipeline = PipelineConfig(
-        image_size=config.image_size,
+        image_size=config.model.image_size,
         batch_size=global_batch,
-        augment=config.augment,
-        seed=config.seed,
-        cache=config.cache,
+        augment=config.pipeline.augment,
+        seed=config.runtime.seed,
+        cache=config.pipeline.cache,
     )
-    plain = PipelineConfig(image_size=config.image_size, batch_size=global_batch, augment=False)
+    plain = PipelineConfig(image_size=config.model.image_size, batch_size=global_batch, augment=False)
     return (
         _with_length(
-            make_dataset(config.train_dir, pipeline, training=True), config.train_dir, config, global_batch
-        ),
-        _with_length(
-            make_dataset(config.validation_dir, plain, training=False),
-            config.validation_dir,
+            make_dataset(config.paths.train_dir, pipeline, training=True),
+            config.paths.train_dir,
             config,
             global_batch,
         ),
-        make_dataset(config.train_dir, plain, training=False),
+        _with_length(
+            make_dataset(config.paths.validation_dir, plain, training=False),
+            config.paths.validation_dir,
+            config,
+            global_batch,
+        ),
+        make_dataset(config.paths.train_dir, plain, training=False),
     )
 
 
@@ -147,12 +150,12 @@ def _callbacks(
     learning-rate reduction, then the checkpoint (which records their counters), then the output.
     """
     chief = config.cluster.is_chief
-    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.patience)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.stopping.patience)
     reduce_lr = keras.callbacks.ReduceLROnPlateau(
         monitor=PLATEAU_METRIC,
-        factor=config.lr_factor,
-        patience=config.lr_patience,
-        min_lr=config.min_lr,
+        factor=config.optimisation.lr_factor,
+        patience=config.optimisation.lr_patience,
+        min_lr=config.optimisation.min_lr,
         verbose=1,
     )
     resumable = {"early_stopping": early_stopping, "reduce_lr": reduce_lr}
@@ -160,21 +163,23 @@ def _callbacks(
         *debugger.callbacks(probe, bce_dice_loss, state.history),
         early_stopping,
         reduce_lr,
-        Checkpointer(config.checkpoint_dir, state, stop, resumable, enabled=chief),
+        Checkpointer(config.paths.checkpoint_dir, state, stop, resumable, enabled=chief),
         # Keras' own progress output (it would otherwise be appended last), then the tuner's line.
         keras.callbacks.ProgbarLogger(),
         EpochLogger(state, start),
     ]
     if chief:
         callbacks += [
-            HistoryWriter(state, config.output_data_dir),
+            HistoryWriter(state, config.paths.output_data_dir),
             keras.callbacks.TensorBoard(
-                str(config.tensorboard_dir), write_graph=False, profile_batch=config.profile_batches or 0
+                str(config.paths.tensorboard_dir),
+                write_graph=False,
+                profile_batch=config.runtime.profile_batches or 0,
             ),
         ]
         if preview is not None:
-            callbacks.append(MaskPreview(*preview, config.tensorboard_dir))
-    budget = TimeBudget(config.max_minutes, start) if config.max_minutes > 0 else None
+            callbacks.append(MaskPreview(*preview, config.paths.tensorboard_dir))
+    budget = TimeBudget(config.stopping.max_minutes, start) if config.stopping.max_minutes > 0 else None
     if budget is not None:
         callbacks.append(budget)
     return callbacks, early_stopping, budget
@@ -191,46 +196,48 @@ def export(model: keras.Model, config: TrainConfig) -> Path:
     keras.mixed_precision.set_global_policy("float32")
     plain = _unet(config)
     plain.set_weights(model.get_weights())
-    return export_saved_model(plain, config.model_dir, config.image_size)
+    return export_saved_model(plain, config.paths.model_dir, config.model.image_size)
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (resuming when a checkpoint exists) and export; see the module docstring."""
     start = time.monotonic()
     strategy = make_strategy(config.cluster)  # first: a multi-worker strategy must precede other TF work
-    keras.utils.set_random_seed(config.seed)
-    mixed = use_mixed_precision(config.mixed_precision)
+    keras.utils.set_random_seed(config.runtime.seed)
+    mixed = use_mixed_precision(config.runtime.mixed_precision)
     chief = config.cluster.is_chief
+    paths = config.paths
     if chief:
-        for folder in (config.checkpoint_dir, config.output_data_dir, config.tensorboard_dir):
+        for folder in (paths.checkpoint_dir, paths.output_data_dir, paths.tensorboard_dir):
             folder.mkdir(parents=True, exist_ok=True)
-    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    global_batch = config.optimisation.batch_size * strategy.num_replicas_in_sync
     train_ds, val_ds, plain_train_ds = _datasets(config, global_batch)
     print(
-        f"data: {count_examples(config.train_dir)} training photos in {config.train_dir}, "
-        f"{count_examples(config.validation_dir)} validation in {config.validation_dir}; "
+        f"data: {count_examples(config.paths.train_dir)} training photos in {config.paths.train_dir}, "
+        f"{count_examples(config.paths.validation_dir)} validation in {config.paths.validation_dir}; "
         f"{strategy.num_replicas_in_sync} replica(s), batch {global_batch}, "
-        f"{'mixed float16' if mixed else 'float32'}, XLA {'on' if config.jit else 'off'}",
+        f"{'mixed float16' if mixed else 'float32'}, XLA {'on' if config.runtime.jit else 'off'}",
         flush=True,
     )
 
-    state = RunState.load(config.checkpoint_dir)
+    state = RunState.load(config.paths.checkpoint_dir)
     with strategy.scope():
         model = build_model(config)
         if state.checkpoint:
-            restore_checkpoint(model, config.checkpoint_dir, state)
-            print(f"resuming after epoch {state.epoch} from {config.checkpoint_dir / state.checkpoint}")
+            restore_checkpoint(model, config.paths.checkpoint_dir, state)
+            print(f"resuming after epoch {state.epoch} from {config.paths.checkpoint_dir / state.checkpoint}")
     print(
-        f"model: U-Net depth {config.depth}, base {config.base_filters}, {model.count_params():,} parameters",
+        f"model: U-Net depth {config.model.depth}, base {config.model.base_filters}, "
+        f"{model.count_params():,} parameters",
         flush=True,
     )
 
-    if state.stop_reason == "early_stopping" or state.epoch >= config.epochs:
+    if state.stop_reason == "early_stopping" or state.epoch >= config.stopping.epochs:
         print(f"training already finished after epoch {state.epoch}: exporting only", flush=True)
         stop_reason = "already_finished"
     else:
         debugger_config = DebuggerConfig()
-        debugger = Debugger(config.output_data_dir / REPORT_NAME, debugger_config, resume=state.epoch > 0)
+        debugger = Debugger(paths.output_data_dir / REPORT_NAME, debugger_config, resume=state.epoch > 0)
         stop = StopRequest()
         callbacks, early_stopping, budget = _callbacks(
             config,
@@ -238,7 +245,7 @@ def train(config: TrainConfig) -> TrainResult:
             stop,
             debugger,
             _first_images(plain_train_ds, debugger_config.probe_images),
-            _first_images(val_ds, config.preview_images),
+            _first_images(val_ds, config.runtime.preview_images),
             start,
         )
         try:
@@ -247,10 +254,10 @@ def train(config: TrainConfig) -> TrainResult:
                     train_ds,
                     validation_data=val_ds,
                     initial_epoch=state.epoch,
-                    epochs=config.epochs,
+                    epochs=config.stopping.epochs,
                     callbacks=callbacks,
                     shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
-                    verbose=config.verbosity,
+                    verbose=config.runtime.verbosity,
                 )
         except TrainingInterruptedError as err:
             print(f"interrupted: {err}; rerun with the same checkpoint folder to resume", flush=True)
@@ -260,14 +267,14 @@ def train(config: TrainConfig) -> TrainResult:
         if early_stopping.stopped_epoch > 0:
             stop_reason = state.stop_reason = "early_stopping"
             if chief:
-                state.save(config.checkpoint_dir)
+                state.save(config.paths.checkpoint_dir)
         else:
             stop_reason = "time_budget" if budget is not None and budget.exhausted else "completed"
 
     if not chief:
         return TrainResult(state.epoch, stop_reason, state.best_value, None)
-    write_history(state.history, config.output_data_dir)
-    if load_best_weights(model, config.checkpoint_dir):
+    write_history(state.history, config.paths.output_data_dir)
+    if load_best_weights(model, config.paths.checkpoint_dir):
         # Tuners (SageMaker's and the local one) take the LAST val_dice in the log as the objective:
         # this line makes that the score of the weights actually exported, not of the last epoch.
         print(f"exporting the best epoch ({state.best_epoch}): val_dice={state.best_value:.4f}", flush=True)
@@ -275,7 +282,7 @@ def train(config: TrainConfig) -> TrainResult:
     minutes = (time.monotonic() - start) / 60
     print(
         f"done ({stop_reason}) after {state.epoch} epochs in {minutes:.1f} min: SavedModel {export_dir}, "
-        f"curves and reports in {config.output_data_dir}, TensorBoard logs in {config.tensorboard_dir}",
+        f"curves and reports in {paths.output_data_dir}, TensorBoard logs in {paths.tensorboard_dir}",
         flush=True,
     )
     return TrainResult(state.epoch, stop_reason, state.best_value, export_dir)

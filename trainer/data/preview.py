@@ -8,6 +8,7 @@ with its outline in yellow, so a shifted or flipped mask is visible at a glance.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,22 +26,26 @@ GAP = 4
 
 @dataclass(frozen=True)
 class PreviewConfig:
-    """Which split to show, how many photos, at what size, with or without augmentation."""
+    """Which split to show, how many photos, at what size, with or without augmentation.
+
+    ``size`` has no default here: it is the model's input size (see :func:`default_size`).
+    """
 
     tfrecords: Path
+    size: tuple[int, int]
     split: str = "train"
     out: Path = Path("grid.png")
     count: int = 8
-    size: tuple[int, int] = (256, 384)
     augment: bool = True
     seed: int = 0
     columns: int = 4
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PreviewConfig:
+        tfrecords = Path(args.tfrecords)
+        size = parse_size(args.size) if args.size else default_size(tfrecords)
         return cls(
-            Path(args.tfrecords), args.split, Path(args.out), args.count, parse_size(args.size),
-            args.augment, args.seed, args.columns,
+            tfrecords, size, args.split, Path(args.out), args.count, args.augment, args.seed, args.columns,
         )  # fmt: skip
 
     @property
@@ -48,6 +53,23 @@ class PreviewConfig:
         """``<tfrecords>/<split>``, or ``<tfrecords>`` itself when it is already a split folder."""
         nested = self.tfrecords / self.split
         return nested if nested.is_dir() else self.tfrecords
+
+
+def default_size(tfrecords: Path) -> tuple[int, int]:
+    """The size the photos were converted at (``carvana convert --size``), else training's default.
+
+    Either way the grid shows what training would be fed; without ``--size`` at conversion the
+    photos keep their own size and the pipeline resizes them to the model's input size.
+    """
+    for manifest in (tfrecords / "manifest.json", tfrecords.parent / "manifest.json"):
+        if manifest.is_file():
+            size = json.loads(manifest.read_text()).get("options", {}).get("size")
+            if size:
+                return int(size[0]), int(size[1])
+            break
+    from trainer.training.config import ModelConfig  # the model's input size is declared there
+
+    return ModelConfig().image_size
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
@@ -99,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="train", help="split folder to read (train, validation)")
     parser.add_argument("--out", default="grid.png", help="PNG to write")
     parser.add_argument("--count", type=int, default=8, help="photos in the grid (one batch)")
-    parser.add_argument("--size", default="256x384", help="model input size HEIGHTxWIDTH")
+    parser.add_argument(
+        "--size",
+        help="model input size HEIGHTxWIDTH (default: the size given to carvana convert, "
+        "else carvana train's --image-size default)",
+    )
     parser.add_argument("--columns", type=int, default=4, help="tiles per row")
     parser.add_argument("--seed", type=int, default=0, help="augmentation seed")
     parser.add_argument(

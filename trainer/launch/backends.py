@@ -1,28 +1,24 @@
 """The two backends behind the same calls: ``fit``, ``tune``, ``deploy``, ``delete_endpoint``.
 
 A notebook or the CLI picks one with :func:`make_backend` and then never asks which it has: the
-local backend runs jobs as subprocesses in SageMaker-shaped folders under ``work`` and serves with
-``carvana serve``; the SageMaker backend (imported only when asked for, since the SDK is slow to
-import) runs the same specs on AWS.
+local backend hands the specs to the local stand-ins (``local_aws``: training jobs as subprocesses
+in SageMaker-shaped folders under ``work``, an Optuna tuner, ``carvana serve`` as the endpoint);
+the SageMaker backend (imported only when asked for, since the SDK is slow to import) runs the same
+specs on AWS. The launcher never ships into a job (``source.py`` leaves it out), so it may use the
+stand-ins.
 """
 
 from __future__ import annotations
 
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from trainer.launch import local
-from trainer.launch.spec import (
-    DeployResult,
-    DeploySpec,
-    JobResult,
-    JobSpec,
-    LaunchError,
-    TuningResult,
-    TuningSpec,
-)
+from local_aws.training_job.job import load_result, run_job
+from trainer.launch.errors import JobFailedError, LaunchError
+from trainer.launch.specs import DeployResult, DeploySpec, JobResult, JobSpec, TuningResult, TuningSpec
 
 if TYPE_CHECKING:
     from trainer.launch.sagemaker_backend import SageMakerSettings
@@ -30,6 +26,8 @@ if TYPE_CHECKING:
 BACKENDS = ("local", "sagemaker")
 DEFAULT_WORK = Path("jobs")
 DEFAULT_PORT = 8080
+# A local endpoint gets as long as a job to finish in-flight requests after SIGTERM.
+ENDPOINT_STOP_GRACE_S = 120
 
 
 class Backend(Protocol):
@@ -56,28 +54,45 @@ class LocalBackend:
     _endpoints: dict[str, subprocess.Popen] = field(default_factory=dict, repr=False)
 
     def fit(self, spec: JobSpec) -> JobResult:
-        return local.run_job(spec, self.work, stream=self.stream)
+        return run_job(spec, self.work, stream=self.stream)
 
     def tune(self, spec: TuningSpec) -> TuningResult:
-        from trainer.launch.tuning import tune  # Optuna and matplotlib only when tuning
+        from local_aws.tuning import tune  # Optuna and matplotlib only when tuning
 
         return tune(spec, self.work, stream=self.stream)
 
     def model_data(self, job_name: str) -> str:
-        result = local.load_result(Path(self.work) / job_name)
+        result = load_result(Path(self.work) / job_name)
         if result.model_artifact is None:
             raise LaunchError(f"job {job_name} is {result.status}: it left no model.tar.gz")
         return result.model_artifact
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
-        """Start ``carvana serve`` on ``port``; it runs until :meth:`delete_endpoint` (or exit)."""
+        """Start ``carvana serve`` on ``port`` and wait for ``/ping``; it runs until :meth:`delete_endpoint`.
+
+        The spec's environment goes to the server as the container's environment would
+        (``SAGEMAKER_TFS_*`` batching and worker settings). Instance type, count and serverless
+        settings have no local meaning and are ignored.
+        """
+        # The endpoint stand-in is needed by deploy only.
+        from local_aws.endpoint.process import EndpointStartError, start_endpoint
+
         if spec.endpoint_name in self._endpoints:
             raise LaunchError(f"endpoint {spec.endpoint_name} is already running")
-        process, url = local.start_endpoint(
-            spec, self.port, Path(self.work) / "endpoints" / f"{spec.endpoint_name}.log")
+        model = Path(spec.model_data)
+        if not model.exists():
+            raise LaunchError(f"--model: {spec.model_data} does not exist")
+        log_path = Path(self.work) / "endpoints" / f"{spec.endpoint_name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            process = start_endpoint(model.resolve(), "--endpoint-name", spec.endpoint_name, port=self.port,
+                                     log_path=log_path, env=dict(spec.environment))
+        except EndpointStartError as err:
+            raise JobFailedError(str(err)) from None
         self._endpoints[spec.endpoint_name] = process
-        return DeployResult(endpoint_name=spec.endpoint_name, model_data=str(spec.model_data), url=url,
-                            command=tuple(local.serve_command(spec, self.port)))
+        return DeployResult(endpoint_name=spec.endpoint_name, model_data=str(spec.model_data),
+                            url=f"http://127.0.0.1:{self.port}",
+                            command=tuple(serve_command(spec, self.port)))
 
     def wait_endpoint(self, endpoint_name: str) -> int:
         """Block until the endpoint's server exits (the CLI's foreground mode); its exit code."""
@@ -87,7 +102,18 @@ class LocalBackend:
         process = self._endpoints.pop(endpoint_name, None)
         if process is None:
             raise LaunchError(f"no local endpoint {endpoint_name} was started by this backend")
-        local.stop_endpoint(process)
+        process.terminate()  # SIGTERM: in-flight requests finish
+        try:
+            process.wait(timeout=ENDPOINT_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_command(spec: DeploySpec, port: int) -> list[str]:
+    """``carvana serve`` for the deployment, as ``carvana deploy --print-only`` shows it."""
+    return [sys.executable, "-m", "trainer.cli", "serve", "--model", str(Path(spec.model_data).resolve()),
+            "--port", str(port), "--endpoint-name", spec.endpoint_name]
 
 
 def make_backend(name: str, *, work: Path = DEFAULT_WORK, settings: SageMakerSettings | None = None,

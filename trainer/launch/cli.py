@@ -19,28 +19,33 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from trainer.launch.backends import BACKENDS, DEFAULT_PORT, DEFAULT_WORK, Backend, LocalBackend, make_backend
-from trainer.launch.spec import (
+from trainer.launch.backends import (
+    BACKENDS,
+    DEFAULT_PORT,
+    DEFAULT_WORK,
+    Backend,
+    LocalBackend,
+    make_backend,
+    serve_command,
+)
+from trainer.launch.errors import JobFailedError, LaunchError
+from trainer.launch.naming import MAX_TUNING_JOB_NAME, unique_name
+from trainer.launch.search_space import SEARCH_SPACE, parse_range
+from trainer.launch.specs import (
     DEFAULT_ENDPOINT_INSTANCE,
     DEFAULT_TRAINING_INSTANCE,
-    MAX_TUNING_JOB_NAME,
-    SEARCH_SPACE,
     DeploySpec,
-    HyperValue,
-    JobFailedError,
     JobResult,
     JobSpec,
-    LaunchError,
     TuningSpec,
-    parse_key_values,
-    parse_range,
-    unique_name,
 )
+from trainer.training.config import TrainConfig
+from trainer.training.hyperparameters import ConfigError, Declaration, HyperValue, by_flag
 
 COMMANDS = ("fit", "tune", "deploy")
-# Flags that are hyperparameters of the entry point, by the name it (and SageMaker) knows them by.
-HYPERPARAMETER_FLAGS = {"epochs": "epochs", "batch_size": "batch-size", "learning_rate": "learning-rate",
-                        "image_size": "image-size"}
+# The entry point's hyperparameters by flag name; those declared ``launcher=True`` are flags here too.
+HYPERPARAMETERS: dict[str, Declaration] = by_flag(TrainConfig)
+LAUNCHER_HYPERPARAMETERS = tuple(d for d in HYPERPARAMETERS.values() if d.launcher)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -60,6 +65,45 @@ def coerce(value: str) -> HyperValue:
         except ValueError:
             continue
     return value
+
+
+def parse_key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; ``flag`` names the option in errors."""
+    result: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise LaunchError(f"{flag} {item!r}: expected KEY=VALUE")
+        result[key] = value
+    return result
+
+
+def hyperparameter_value(declaration: Declaration, value: object) -> HyperValue:
+    """A checked value of a declared hyperparameter as the job gets it; LaunchError naming the flag."""
+    try:
+        declaration.check(value)
+    except ConfigError as err:
+        raise LaunchError(str(err)) from None
+    return declaration.sagemaker_value(value)
+
+
+def hp_values(items: list[str] | None) -> dict[str, HyperValue]:
+    """``--hp NAME=VALUE``: a declared hyperparameter read and checked as the entry point reads it,
+    any other name passed on as a number or text (the entry point reports and ignores it)."""
+    values: dict[str, HyperValue] = {}
+    for name, text in parse_key_values(items, "--hp").items():
+        declaration = HYPERPARAMETERS.get(name)
+        if declaration is None:
+            values[name] = coerce(text)
+            continue
+        try:
+            parsed = declaration.parse(text)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise LaunchError(f"--hp {name}={text}: {err}") from None
+        if declaration.choices is not None and parsed not in declaration.choices:
+            raise LaunchError(f"--hp {name}={text}: expected one of {', '.join(declaration.choices)}")
+        values[name] = hyperparameter_value(declaration, parsed)
+    return values
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
@@ -84,10 +128,9 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train", help="training channel (default DATA/train)")
     data.add_argument("--validation", help="validation channel (default DATA/validation)")
     hps = parser.add_argument_group("hyperparameters (default: the entry point's)")
-    hps.add_argument("--epochs", type=int)
-    hps.add_argument("--batch-size", type=int)
-    hps.add_argument("--learning-rate", type=float)
-    hps.add_argument("--image-size", help="HEIGHTxWIDTH, e.g. 256x384")
+    for d in LAUNCHER_HYPERPARAMETERS:
+        hps.add_argument(f"--{d.flag}", dest=d.name, type=d.parse, choices=d.choices, metavar=d.metavar,
+                         help=f"{d.help}; carvana train's default {d.text(d.default)}")
     hps.add_argument("--hp", action="append", metavar="NAME=VALUE",
                      help="any other flag of carvana train, e.g. --hp depth=3 --hp max-minutes=50")
     job = parser.add_argument_group("job")
@@ -160,10 +203,10 @@ def job_spec_from_args(args: argparse.Namespace, default_name: str) -> JobSpec:
         raise LaunchError("--data (holding train/ and validation/) or both --train and --validation "
                           "are required")
     hyperparameters: dict[str, HyperValue] = {
-        name: getattr(args, attr) for attr, name in HYPERPARAMETER_FLAGS.items()
-        if getattr(args, attr) is not None
+        d.flag: hyperparameter_value(d, getattr(args, d.name)) for d in LAUNCHER_HYPERPARAMETERS
+        if getattr(args, d.name) is not None
     }
-    hyperparameters.update({k: coerce(v) for k, v in parse_key_values(args.hp, "--hp").items()})
+    hyperparameters.update(hp_values(args.hp))
     return JobSpec(
         job_name=args.job_name or default_name,
         channels={"train": train, "validation": validation},
@@ -273,8 +316,6 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
 
 def _deploy_locally(spec: DeploySpec, args: argparse.Namespace, backend: Backend) -> int:
     """Print the serve command, or run the endpoint in the foreground until Ctrl-C."""
-    from trainer.launch.local import serve_command
-
     if args.print_only:
         print(" ".join(serve_command(spec, args.port)))
         return 0

@@ -2,7 +2,7 @@
 
 SDK v3 dropped ``sagemaker.tensorflow.TensorFlow`` for ``ModelTrainer``; keeping every SDK call
 here means moving to it touches this file only. Each function takes the backend-neutral spec from
-``spec.py`` and the account settings below, and an optional ``sagemaker.Session`` (tests pass one
+``specs.py`` and the account settings below, and an optional ``sagemaker.Session`` (tests pass one
 whose boto3 session talks to moto; by default one is built from the standard AWS configuration).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,26 +32,14 @@ from sagemaker.tuner import (
     IntegerParameter,
 )
 
-from trainer.launch.source import ENTRY_POINT, stage_inference_code, stage_training_source
-from trainer.launch.spec import (
-    METRIC_DEFINITIONS,
-    MODEL_NAME,
-    OBJECTIVE_METRIC,
-    OBJECTIVE_TYPE,
-    Categorical,
-    Continuous,
-    DeployResult,
-    DeploySpec,
-    Integer,
-    JobResult,
-    JobSpec,
-    LaunchError,
-    Range,
-    TuningResult,
-    TuningSpec,
-    check_name,
-)
+from trainer.launch.errors import LaunchError
+from trainer.launch.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTIVE_TYPE
+from trainer.launch.naming import check_name
+from trainer.launch.search_space import Categorical, Continuous, Integer, Range
+from trainer.launch.source import ENTRY_POINT, stage_training_source
+from trainer.launch.specs import DeployResult, DeploySpec, JobResult, JobSpec, TuningResult, TuningSpec
 
+MODEL_NAME = "unet"  # <model_dir>/unet/1/ and TF Serving's model name
 FRAMEWORK_VERSION = "2.19"  # the TF the project pins; the DLC tag is tensorflow-training:2.19-gpu-py312
 PY_VERSION = "py312"
 # The entry point's default TensorBoard folder: beside SM_OUTPUT_DATA_DIR.
@@ -90,6 +79,28 @@ class SageMakerSettings:
     def s3(self, *parts: str) -> str:
         """``s3://<bucket>/<prefix>/<parts...>``."""
         return "/".join(["s3:/", self.bucket, self.prefix, *parts])
+
+
+def stage_inference_code(dest: str | Path) -> Path:
+    """Write the endpoint's code folder under ``dest`` and return it.
+
+    SageMaker's repack copies the folder into ``code/`` of model.tar.gz: ``code/inference.py``,
+    ``code/requirements.txt`` and the vendored RLE module as ``code/trainer/data/rle.py`` (the
+    container puts ``code/`` on ``sys.path``). Not ``code/lib/``: when that exists, the TF Serving
+    container skips ``requirements.txt``. It is the layout ``carvana package`` writes, from the same
+    constants, so the two cannot drift.
+    """
+    # Imported here: serving.package loads TensorFlow, which fit and tune never need.
+    from serving.package import HANDLERS, REPO, REQUIREMENTS, VENDORED
+
+    code = Path(dest) / "code"
+    code.mkdir(parents=True)
+    shutil.copy2(HANDLERS, code / "inference.py")
+    (code / "requirements.txt").write_text(REQUIREMENTS)
+    for module in VENDORED:  # trainer/__init__.py, trainer/data/__init__.py, trainer/data/rle.py
+        (code / module).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / module, code / module)
+    return code
 
 
 def make_session(settings: SageMakerSettings, boto_session: boto3.Session | None = None) -> sagemaker.Session:

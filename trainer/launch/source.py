@@ -1,5 +1,8 @@
 """The code a training job runs: the ``trainer`` package, a one-line entry script, its requirements.
 
+The launcher itself (``trainer/launch/``) is left out of the staged package: it imports the
+SageMaker SDK and the local stand-ins (``local_aws``), neither of which a job needs or has.
+
 SageMaker unpacks ``source_dir`` into ``/opt/ml/code``, ``pip install``s its ``requirements.txt`` and
 runs ``python train.py --name value ...`` there, so ``/opt/ml/code`` is first on ``sys.path``. The
 staged folder therefore holds the ``trainer`` package itself (``import trainer.train`` resolves to
@@ -47,25 +50,3 @@ def stage_training_source(dest: str | Path) -> Path:
     (dest / ENTRY_POINT).write_text(_SHIM)
     (dest / "requirements.txt").write_text("\n".join(CONTAINER_REQUIREMENTS) + "\n")
     return dest
-
-
-def stage_inference_code(dest: str | Path) -> Path:
-    """Write the endpoint's code folder under ``dest`` and return it.
-
-    SageMaker's repack copies the folder into ``code/`` of model.tar.gz: ``code/inference.py``,
-    ``code/requirements.txt`` and the vendored RLE module as ``code/trainer/data/rle.py`` (the
-    container puts ``code/`` on ``sys.path``). Not ``code/lib/``: when that exists, the TF Serving
-    container skips ``requirements.txt``. It is the layout ``carvana package`` writes, from the same
-    constants, so the two cannot drift.
-    """
-    # Imported here: serving.package loads TensorFlow, which fit and tune never need.
-    from serving.package import HANDLERS, REPO, REQUIREMENTS, VENDORED
-
-    code = Path(dest) / "code"
-    code.mkdir(parents=True)
-    shutil.copy2(HANDLERS, code / "inference.py")
-    (code / "requirements.txt").write_text(REQUIREMENTS)
-    for module in VENDORED:  # trainer/__init__.py, trainer/data/__init__.py, trainer/data/rle.py
-        (code / module).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / module, code / module)
-    return code

@@ -12,33 +12,12 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-UPSAMPLING_MODES = ("transpose", "bilinear")
+from trainer.model.shape import UPSAMPLING_MODES, check_input_size
 
 # Keras' default (0.99) averages the batch statistics over ~100s of steps: on a short run (the demo,
 # a tuning trial: 10-20 steps an epoch) the inference-time statistics lag the weights and validation
 # Dice swings from epoch to epoch. 0.9 (PyTorch's default) tracks them within ~10 steps.
 BN_MOMENTUM = 0.9
-
-
-def check_input_size(height: int, width: int, depth: int) -> None:
-    """Raise ValueError unless ``height`` and ``width`` survive ``depth`` 2x poolings exactly.
-
-    Each encoder level halves the feature map and the matching decoder level doubles it back; with
-    a size that does not divide evenly the skip connection and the upsampled map differ by a pixel
-    and Keras fails deep inside ``Concatenate`` with a message that names neither.
-    """
-    factor = 2**depth
-    bad = [f"{name} {size}" for name, size in (("height", height), ("width", width)) if size % factor]
-    if bad:
-        raise ValueError(
-            f"input size {height}x{width} does not work with depth {depth}: {' and '.join(bad)} "
-            f"not divisible by 2**depth = {factor} (e.g. use {_round_up(height, factor)}x"
-            f"{_round_up(width, factor)})"
-        )
-
-
-def _round_up(value: int, factor: int) -> int:
-    return -(-value // factor) * factor
 
 
 def _conv_block(x, filters: int, prefix: str, *, batch_norm: bool):

@@ -1,6 +1,7 @@
 """Local hyperparameter tuning: Optuna's TPE over the SageMaker tuner's ranges, one local job a trial.
 
-The ranges and the objective come from ``spec.py`` (the SageMaker backend reads the same ones), so a
+The stand-in for a SageMaker HyperParameterTuningJob. The ranges (``trainer.launch.search_space``)
+and the objective (``trainer.launch.metrics``) are the ones the SageMaker backend sends, so a
 search tried here is the search launched on AWS. SageMaker's Bayesian strategy and Optuna's TPE are
 both sequential model-based searches; SageMaker's "Auto" early stopping (stop a job whose objective
 at an epoch is worse than the median of earlier jobs at that epoch) is Optuna's median pruner.
@@ -28,18 +29,12 @@ import matplotlib.pyplot as plt
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from local_aws.training_job.job import run_job
 from trainer.atomic import atomic_path
-from trainer.launch.local import run_job
-from trainer.launch.spec import (
-    OBJECTIVE_METRIC,
-    Categorical,
-    Continuous,
-    HyperValue,
-    Integer,
-    Range,
-    TuningResult,
-    TuningSpec,
-)
+from trainer.launch.metrics import OBJECTIVE_METRIC
+from trainer.launch.search_space import Categorical, Continuous, Integer, Range
+from trainer.launch.specs import TuningResult, TuningSpec
+from trainer.training.hyperparameters import HyperValue
 
 LEARNING_RATE = "learning-rate"
 # Early stopping judges a trial only after a few epochs, and only once two trials are there to compare.

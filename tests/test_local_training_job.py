@@ -1,4 +1,4 @@
-"""The local backend: real training jobs of the real entry point, in SageMaker-shaped folders.
+"""The local training job and tuner (local_aws): real jobs of the real entry point, SageMaker-shaped.
 
 Tiny sizes throughout (64x96 photos, a depth-2 U-Net with 4 filters, 1-2 epochs): what is under
 test is the container contract (folders, config files, SM_* variables, arguments, artifacts, metric
@@ -10,6 +10,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import shutil
+import subprocess
 import tarfile
 from dataclasses import replace
 from pathlib import Path
@@ -17,14 +20,26 @@ from pathlib import Path
 import optuna
 import pytest
 
-from trainer.launch import local
+from local_aws.training_job import toolkit
+from local_aws.training_job.job import load_result, run_job
+from local_aws.tuning import tune
 from trainer.launch.cli import main as cli_main
-from trainer.launch.spec import Categorical, Continuous, JobSpec, LaunchError, TuningSpec, scrape_metrics
-from trainer.launch.tuning import tune
+from trainer.launch.errors import LaunchError
+from trainer.launch.metrics import scrape_metrics
+from trainer.launch.search_space import Categorical, Continuous
+from trainer.launch.specs import JobResult, JobSpec, TuningSpec
 
 # Fast settings of carvana train: no profiler trace, no TensorBoard image previews.
 TINY = {"epochs": 1, "batch-size": 8, "image-size": "64x96", "depth": 2, "base-filters": 4,
         "profile-batches": "0", "preview-images": 0}
+
+
+def _gpus_listed() -> int:
+    """GPUs on this machine by ``nvidia-smi -L`` (0 without the tool), to compare SM_NUM_GPUS with."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, check=False).stdout
+    return len([line for line in listing.splitlines() if line.startswith("GPU ")])
 
 
 def tiny_job(data: Path, name: str, **hyperparameters) -> JobSpec:
@@ -33,11 +48,11 @@ def tiny_job(data: Path, name: str, **hyperparameters) -> JobSpec:
 
 
 @pytest.fixture(scope="module")
-def fitted(sample_tfrecords: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[local.JobResult, str]:
+def fitted(sample_tfrecords: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[JobResult, str]:
     """One completed local job (shared by the tests reading its folder) and its streamed log."""
     work = tmp_path_factory.mktemp("jobs")
     stream = io.StringIO()
-    result = local.run_job(tiny_job(sample_tfrecords, "carvana-local-1", epochs=2), work, stream=stream)
+    result = run_job(tiny_job(sample_tfrecords, "carvana-local-1", epochs=2), work, stream=stream)
     return result, stream.getvalue()
 
 
@@ -78,12 +93,16 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     assert ("train.py --base-filters 4 --batch-size 8 --depth 2 --epochs 2 --image-size 64x96 "
             "--preview-images 0 --profile-batches 0") in log
     assert (result.job_dir / "opt" / "ml" / "code" / "trainer" / "train.py").is_file()
+    # The job runs the product only: no launcher, nothing that imports the local stand-ins.
+    code = result.job_dir / "opt" / "ml" / "code"
+    assert not (code / "trainer" / "launch").exists()
+    assert [p for p in code.rglob("*.py") if "local_aws" in p.read_text()] == []
 
 
 def test_sm_variables_are_set_as_the_toolkit_sets_them(fitted) -> None:
     result, _ = fitted
-    layout = local.JobLayout(result.job_dir)
-    env = local.container_env(layout, result.job_name)
+    layout = toolkit.JobLayout(result.job_dir)
+    env = toolkit.container_env(layout, result.job_name)
     opt_ml = result.job_dir / "opt" / "ml"
     assert env["SM_MODEL_DIR"] == str(opt_ml / "model")
     assert env["SM_CHANNEL_TRAIN"] == str(opt_ml / "input" / "data" / "train")
@@ -93,7 +112,8 @@ def test_sm_variables_are_set_as_the_toolkit_sets_them(fitted) -> None:
     assert json.loads(env["SM_HPS"])["image-size"] == "64x96"
     assert env["SM_HP_EPOCHS"] == "2" and env["SM_HP_IMAGE-SIZE"] == "64x96"
     assert json.loads(env["SM_HOSTS"]) == ["algo-1"] and env["SM_CURRENT_HOST"] == "algo-1"
-    assert int(env["SM_NUM_CPUS"]) >= 1 and int(env["SM_NUM_GPUS"]) >= 0
+    assert env["SM_NUM_CPUS"] == str(os.cpu_count())
+    assert env["SM_NUM_GPUS"] == str(_gpus_listed())
     assert json.loads(env["SM_USER_ARGS"])[:2] == ["--base-filters", "4"]
     assert env["TRAINING_JOB_NAME"] == "carvana-local-1"
 
@@ -109,19 +129,19 @@ def test_metrics_are_scraped_from_the_log(fitted) -> None:
     assert description["TrainingJobStatus"] == "Completed"
     final = {m["MetricName"]: m["Value"] for m in description["FinalMetricDataList"]}
     assert final == dict(result.final_metrics)
-    assert local.load_result(result.job_dir).model_artifact == result.model_artifact
+    assert load_result(result.job_dir).model_artifact == result.model_artifact
 
 
 def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path, tmp_path: Path) -> None:
     """Early stopping / a spot reclaim: SIGTERM, a checkpoint, and a new job that carries on."""
     checkpoints = tmp_path / "ckpt"
-    first = local.run_job(
+    first = run_job(
         replace(tiny_job(sample_tfrecords, "carvana-spot-1", epochs=3), checkpoint_uri=str(checkpoints)),
         tmp_path / "jobs", on_epoch=lambda metrics: metrics["epoch"] >= 1, stream=io.StringIO())
     assert first.status == "Stopped"
     assert (checkpoints / "state.json").is_file()
     stream = io.StringIO()
-    second = local.run_job(
+    second = run_job(
         replace(tiny_job(sample_tfrecords, "carvana-spot-2", epochs=3), checkpoint_uri=str(checkpoints)),
         tmp_path / "jobs", stream=stream)
     assert second.status == "Completed", second.failure_reason
@@ -131,7 +151,7 @@ def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path
 
 
 def test_max_run_stops_the_job_like_sagemaker(sample_tfrecords: Path, tmp_path: Path) -> None:
-    result = local.run_job(replace(tiny_job(sample_tfrecords, "carvana-timeout-1"), max_run_s=1),
+    result = run_job(replace(tiny_job(sample_tfrecords, "carvana-timeout-1"), max_run_s=1),
                            tmp_path, stream=io.StringIO())
     assert result.status == "Stopped"
     description = json.loads((result.job_dir / "description.json").read_text())
