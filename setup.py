@@ -1,4 +1,4 @@
-"""Packaging for carvana-unet: the ``trainer`` and ``serving`` packages and the ``carvana`` command."""
+"""Packaging for carvana-unet: packages ``trainer``, ``serving``, ``local_aws``; the ``carvana`` command."""
 
 from setuptools import find_packages, setup
 
@@ -39,7 +39,9 @@ setup(
     description="Car background removal for photo studios: a Keras U-Net trained on SageMaker, "
     "served by TF Serving, called through AWS Lambda.",
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["trainer", "trainer.*", "serving", "serving.*"]),
+    packages=find_packages(
+        include=["trainer", "trainer.*", "serving", "serving.*", "local_aws", "local_aws.*"]
+    ),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["carvana=trainer.cli:main"]},

@@ -29,7 +29,7 @@ from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
 from trainer.atomic import atomic_path
 from trainer.data.layout import parse_size
-from trainer.data.rle import rle_encode
+from trainer.wire import rle_encode
 
 ANGLES = 16
 GIF_PALETTE = [0, 0, 0, 255, 255, 255]  # Kaggle's GIFs: index 0 black, 1 white, nothing else
