@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from trainer.data.rle import rle_decode
 
 from trainer.data.layout import scan_dataset
 from trainer.data.sample import main, make_cars, render
+from trainer.wire import rle_decode
 
 
 def test_layout_is_kaggles(sample_data: Path) -> None:
