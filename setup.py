@@ -1,4 +1,4 @@
-"""Packaging for carvana-unet: the ``trainer``, ``serving`` and ``local_aws`` packages, ``carvana``."""
+"""Packaging for carvana-unet: packages ``trainer``, ``serving``, ``local_aws``; the ``carvana`` command."""
 
 from setuptools import find_packages, setup
 

@@ -36,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from serving.server import free_port, running_endpoint
+from local_aws.endpoint.process import free_port, running_endpoint
 from trainer.saved_model_io import saved_model_dir
+from trainer.wire import SIGNATURE
 
 DEFAULT_DATA = Path(
     os.environ.get("CARVANA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "carvana")
@@ -74,7 +75,7 @@ class ModelForward:
 
         self._tf = tf
         self._loaded = tf.saved_model.load(str(folder))
-        self._signature = self._loaded.signatures["mask_png"]
+        self._signature = self._loaded.signatures[SIGNATURE]
 
     def __call__(self, photo: bytes) -> float:
         """Milliseconds for one call, outputs fetched to NumPy as the server fetches them."""

@@ -1,5 +1,5 @@
-"""Local stand-ins for the AWS services the project uses (training jobs, tuning, endpoints, API gateway).
+"""Local stand-ins for the AWS services around the project: they play AWS here, nothing ships them.
 
-Nothing that ships (the training entry point, the serving handlers, the Lambda) imports this package:
-only the launcher, the ``carvana`` commands that imitate AWS, and the tests do.
+Shipped code (trainer/, serving/, lambda/) never imports this package; the ``carvana`` command's
+table (trainer/cli.py, the composition root) and the tests do.
 """

@@ -21,42 +21,51 @@ default):
   ``image/png; variant=cutout``    the photo as an RGBA PNG whose alpha channel is the mask (background
                                    transparent and black); answered with that same Content-Type
 
-Bad input raises :class:`RequestError`, whose message says what was wrong and what was expected and
-whose ``status_code`` is the HTTP status it deserves (400, 406, 413, 415). Note: the real container
-answers *any* handler exception with 500 and ``{"error": str(e)}`` (python_service.py), so on AWS the
-message arrives intact but under 500; ``carvana serve`` honours ``status_code``.
+Bad input raises :class:`trainer.wire.WireError`, whose message says what was wrong and what was
+expected and whose ``status`` is the HTTP status it deserves (400, 406, 413, 415). Note: the real
+container answers *any* handler exception with 500 and ``{"error": str(e)}`` (python_service.py), so
+on AWS the message arrives intact but under 500; ``carvana serve`` honours ``status``.
 
-Only the standard library, NumPy and Pillow here (``code/requirements.txt``): no TensorFlow in the
-container's Python service. Limits come from the environment once, at import (``CARVANA_MAX_IMAGE_BYTES``,
+Media types, negotiation, base64, limits, RLE and the cut-out are trainer/wire.py's, vendored as
+``code/trainer/wire.py``: the Lambda and the offline tools run the same code. Only the standard
+library, NumPy and Pillow here (``code/requirements.txt``): no TensorFlow in the container's Python
+service. Limits come from the environment once, at import (``CARVANA_MAX_IMAGE_BYTES``,
 ``CARVANA_MAX_PIXELS``), because the container offers no other configuration channel.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import io
 import json
 import os
 import threading
 import warnings
-from enum import Enum
 from typing import Any, NamedTuple
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from trainer.data.rle import rle_encode
+from trainer.wire import (
+    ENDPOINT_PAYLOAD_LIMIT,
+    INPUT_NAME,
+    MAX_PIXELS,
+    MEDIA_JSON,
+    PHOTO_CONTENT_TYPES,
+    SIGNATURE,
+    OutputFormat,
+    WireError,
+    b64decode,
+    b64encode,
+    cutout_png,
+    decode_mask_png,
+    json_object,
+    media_type,
+    negotiate,
+    rle_encode,
+)
 
-SIGNATURE = "mask_png"
-INPUT_NAME = "image_bytes"
-
-MEDIA_MASK_PNG = "image/png"
-MEDIA_RLE_JSON = "application/json"
-MEDIA_CUTOUT_PNG = "image/png; variant=cutout"
-IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
-JSON_CONTENT_TYPE = "application/json"
 PHOTO_FORMATS = ("JPEG", "PNG")
+# Without an Accept header the container answers JSON (python_service.py's default).
+DEFAULT_OUTPUT = OutputFormat.RLE_JSON
 
 
 class HandlerLimits(NamedTuple):
@@ -67,10 +76,9 @@ class HandlerLimits(NamedTuple):
     """
 
     # SageMaker real-time endpoints accept 6 MB per request; larger photos go through S3.
-    max_image_bytes: int = 6 * 1024 * 1024
-    # A 1918x1280 Carvana photo is 2.5 MP; 40 MP covers full-frame cameras. A few KB of PNG can claim
-    # billions of pixels, so the header is checked before anything is decoded.
-    max_pixels: int = 40_000_000
+    max_image_bytes: int = ENDPOINT_PAYLOAD_LIMIT
+    # Checked from the header before anything is decoded (a few KB of PNG can claim billions).
+    max_pixels: int = MAX_PIXELS
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> HandlerLimits:
@@ -90,22 +98,6 @@ class HandlerLimits(NamedTuple):
 LIMITS = HandlerLimits.from_env()
 
 
-class RequestError(ValueError):
-    """The request cannot be answered as sent; ``status_code`` is the HTTP status it deserves."""
-
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-
-
-class OutputFormat(Enum):
-    """What the caller asked for in ``Accept``; the value is the response's Content-Type."""
-
-    MASK_PNG = MEDIA_MASK_PNG
-    RLE_JSON = MEDIA_RLE_JSON
-    CUTOUT_PNG = MEDIA_CUTOUT_PNG
-
-
 class _Pending(NamedTuple):
     """What ``output_handler`` needs from ``input_handler``: the container keeps no request state."""
 
@@ -120,87 +112,40 @@ class _Pending(NamedTuple):
 _pending = threading.local()
 
 
-def _media_type(header: str | None) -> tuple[str, dict[str, str]]:
-    """``"Image/PNG; Variant=Cutout"`` -> ``("image/png", {"variant": "cutout"})``."""
-    parts = (header or "").split(";")
-    params = {}
-    for part in parts[1:]:
-        key, _, value = part.partition("=")
-        params[key.strip().lower()] = value.strip().strip('"').lower()
-    return parts[0].strip().lower(), params
-
-
 def negotiate_output(accept: str | None) -> OutputFormat:
-    """Pick the response format from an ``Accept`` header (highest q first, then header order)."""
-    if not accept or not accept.strip():
-        return OutputFormat.RLE_JSON
-    ranges = []
-    for position, item in enumerate(accept.split(",")):
-        media, params = _media_type(item)
-        try:
-            quality = float(params.pop("q", "1"))
-        except ValueError:
-            quality = 1.0
-        if media and quality > 0:
-            ranges.append((-quality, position, media, params))
-    for _, _, media, params in sorted(ranges):
-        if media == "image/png" and params.get("variant") == "cutout":
-            return OutputFormat.CUTOUT_PNG
-        if media in {"image/png", "image/*", "*/*"}:
-            return OutputFormat.MASK_PNG
-        if media == "application/json":
-            return OutputFormat.RLE_JSON
-    raise RequestError(
-        f"Accept {accept!r} is not supported: ask for {MEDIA_MASK_PNG!r} (mask), {MEDIA_RLE_JSON!r} "
-        f"(RLE) or {MEDIA_CUTOUT_PNG!r} (RGBA cut-out)",
-        406,
-    )
-
-
-def _b64decode(value: Any, field: str) -> bytes:
-    if not isinstance(value, str):
-        raise RequestError(f"JSON field {field} must be a base64 string, got {type(value).__name__}")
-    text = "".join(value.split())
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise RequestError(f"JSON field {field} is not valid base64: {err}") from None
+    """The answer's format from ``Accept`` (trainer.wire's negotiation; no header means JSON)."""
+    return negotiate(accept, DEFAULT_OUTPUT)
 
 
 def _photo_from_json(body: bytes) -> bytes:
     """The photo inside ``{"instances": [{"b64": ...}]}`` or ``{"image": "<base64>"}``."""
     expected = 'expected {"instances": [{"b64": "<base64 photo>"}]} or {"image": "<base64 photo>"}'
-    try:
-        document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RequestError(f"request body is not valid JSON ({err}); {expected}") from None
-    if not isinstance(document, dict):
-        raise RequestError(f"JSON body must be an object; {expected}")
+    document = json_object(body, expected)
     if "image" in document:
-        return _b64decode(document["image"], '"image"')
+        return b64decode(document["image"], 'JSON field "image"')
     instances = document.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise RequestError(f"JSON body has neither \"image\" nor a non-empty \"instances\" list; {expected}")
+        raise WireError(f"JSON body has neither \"image\" nor a non-empty \"instances\" list; {expected}")
     if len(instances) != 1:
-        raise RequestError(f"send one photo per request, got {len(instances)} instances")
+        raise WireError(f"send one photo per request, got {len(instances)} instances")
     instance = instances[0]
     if isinstance(instance, dict) and set(instance) == {INPUT_NAME}:
         instance = instance[INPUT_NAME]
     if not (isinstance(instance, dict) and set(instance) == {"b64"}):
-        raise RequestError(f"instances[0] must be {{\"b64\": \"<base64 photo>\"}}; {expected}")
-    return _b64decode(instance["b64"], '"instances[0].b64"')
+        raise WireError(f"instances[0] must be {{\"b64\": \"<base64 photo>\"}}; {expected}")
+    return b64decode(instance["b64"], 'JSON field "instances[0].b64"')
 
 
 def check_photo(photo: bytes, limits: HandlerLimits = LIMITS) -> tuple[str, int, int]:
     """``(format, width, height)`` of a JPEG/PNG photo, read from its header only.
 
-    Raises RequestError for an empty or oversized body, bytes that are no image, formats the model
+    Raises WireError for an empty or oversized body, bytes that are no image, formats the model
     cannot decode, and pixel counts over the limit (a decompression bomb is refused before decoding).
     """
     if not photo:
-        raise RequestError("request body is empty: send a JPEG or PNG photo")
+        raise WireError("request body is empty: send a JPEG or PNG photo")
     if len(photo) > limits.max_image_bytes:
-        raise RequestError(
+        raise WireError(
             f"photo is {len(photo)} bytes, over the limit of {limits.max_image_bytes} bytes "
             "(send larger photos through S3)",
             413,
@@ -211,16 +156,16 @@ def check_photo(photo: bytes, limits: HandlerLimits = LIMITS) -> tuple[str, int,
             with Image.open(io.BytesIO(photo)) as image:
                 kind, (width, height) = image.format, image.size
         except Image.DecompressionBombError as err:
-            raise RequestError(f"photo refused as a decompression bomb: {err}", 413) from None
+            raise WireError(f"photo refused as a decompression bomb: {err}", 413) from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise RequestError(
+            raise WireError(
                 f"request body ({len(photo)} bytes, starting {photo[:8]!r}) is not an image: "
                 "expected JPEG or PNG bytes"
             ) from None
     if kind not in PHOTO_FORMATS:
-        raise RequestError(f"photo format {kind} is not supported: send JPEG or PNG", 415)
+        raise WireError(f"photo format {kind} is not supported: send JPEG or PNG", 415)
     if width * height > limits.max_pixels:
-        raise RequestError(
+        raise WireError(
             f"photo is {width}x{height} = {width * height} pixels, over the limit of "
             f"{limits.max_pixels} pixels (refused before decoding)",
             413,
@@ -240,21 +185,21 @@ def _read(data: Any) -> bytes:
 def input_handler(data: Any, context: Any) -> str:
     """Validate the photo and build the TF Serving REST request for the ``mask_png`` signature."""
     output = negotiate_output(context.accept_header)
-    content_type, _ = _media_type(context.request_content_type)
+    content_type, _ = media_type(context.request_content_type)
     body = _read(data)
     if not body:
-        raise RequestError(
+        raise WireError(
             "request body is empty: send the photo's bytes (Content-Type image/jpeg or image/png) or "
             'JSON {"instances": [{"b64": "<base64 photo>"}]}'
         )
-    if content_type in IMAGE_CONTENT_TYPES:
+    if content_type in PHOTO_CONTENT_TYPES:
         photo = body
-    elif content_type == JSON_CONTENT_TYPE:
+    elif content_type == MEDIA_JSON:
         photo = _photo_from_json(body)
     else:
-        raise RequestError(
+        raise WireError(
             f"Content-Type {context.request_content_type!r} is not supported: send "
-            f"{', '.join(IMAGE_CONTENT_TYPES)} (the photo's bytes) or {JSON_CONTENT_TYPE} (base64)",
+            f"{', '.join(PHOTO_CONTENT_TYPES)} (the photo's bytes) or {MEDIA_JSON} (base64)",
             415,
         )
     check_photo(photo)
@@ -262,7 +207,7 @@ def input_handler(data: Any, context: Any) -> str:
     return json.dumps(
         {
             "signature_name": SIGNATURE,
-            "instances": [{INPUT_NAME: {"b64": base64.b64encode(photo).decode("ascii")}}],
+            "instances": [{INPUT_NAME: {"b64": b64encode(photo)}}],
         }
     )
 
@@ -275,40 +220,17 @@ def _prediction(response: Any) -> dict[str, Any]:
         except (ValueError, KeyError, TypeError):
             message = response.text[:500]
         status = response.status_code if 400 <= response.status_code < 500 else 500
-        raise RequestError(f"TF Serving answered {response.status_code}: {message}", status)
+        raise WireError(f"TF Serving answered {response.status_code}: {message}", status)
     try:
         row = response.json()["predictions"][0]
         return {
-            "png": base64.b64decode(row["mask_png_bytes"]["b64"]),
+            "png": b64decode(row["mask_png_bytes"]["b64"], "mask_png_bytes"),
             "height": int(row["height"]),
             "width": int(row["width"]),
             "car_fraction": float(row["car_fraction"]),
         }
-    except (ValueError, KeyError, IndexError, TypeError) as err:
+    except (ValueError, KeyError, IndexError, TypeError) as err:  # WireError is a ValueError
         raise RuntimeError(f"unexpected TF Serving response for {SIGNATURE!r}: {err!r}") from None
-
-
-def _mask_image(png: bytes) -> Image.Image:
-    with Image.open(io.BytesIO(png)) as image:
-        image.load()
-        return image if image.mode == "L" else image.convert("L")
-
-
-def cutout_png(photo: bytes, mask_png: bytes) -> bytes:
-    """The photo as RGBA with the mask as its alpha channel.
-
-    Background pixels are transparent *and* black: nothing of the studio survives in the file, and
-    the PNG is about half the size (a 1918x1280 cut-out is ~0.4 MB, well inside Lambda's 6 MB).
-    """
-    car = np.asarray(_mask_image(mask_png)) > 127
-    with Image.open(io.BytesIO(photo)) as image:
-        rgb = np.asarray(image.convert("RGB"))
-    if rgb.shape[:2] != car.shape:
-        raise RuntimeError(f"mask is {car.shape} (height, width) but the photo is {rgb.shape[:2]}")
-    rgba = np.dstack([rgb * car[..., None], car.astype(np.uint8) * 255])
-    out = io.BytesIO()
-    Image.fromarray(rgba, "RGBA").save(out, format="PNG")
-    return out.getvalue()
 
 
 def output_handler(response: Any, context: Any) -> tuple[bytes, str]:
@@ -320,16 +242,15 @@ def output_handler(response: Any, context: Any) -> tuple[bytes, str]:
         pending = _Pending(context, b"", negotiate_output(context.accept_header))
     result = _prediction(response)
     if pending.output is OutputFormat.MASK_PNG:
-        return result["png"], MEDIA_MASK_PNG
+        return result["png"], OutputFormat.MASK_PNG.value
     if pending.output is OutputFormat.RLE_JSON:
-        mask = np.asarray(_mask_image(result["png"]))
         body = {
-            "rle": rle_encode(mask > 127),
+            "rle": rle_encode(decode_mask_png(result["png"])),
             "width": result["width"],
             "height": result["height"],
             "car_fraction": result["car_fraction"],
         }
-        return json.dumps(body).encode("utf-8"), MEDIA_RLE_JSON
+        return json.dumps(body).encode("utf-8"), OutputFormat.RLE_JSON.value
     if not pending.photo:
         raise RuntimeError("the cut-out needs the photo, but input_handler did not run for this request")
-    return cutout_png(pending.photo, result["png"]), MEDIA_CUTOUT_PNG
+    return cutout_png(pending.photo, result["png"]), OutputFormat.CUTOUT_PNG.value

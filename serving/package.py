@@ -3,12 +3,13 @@
     unet/<version>/saved_model.pb, unet/<version>/variables/...   the SavedModel (newest version)
     code/inference.py                                            serving/inference.py (the handlers)
     code/requirements.txt                                        what the handlers import besides stdlib
-    code/trainer/__init__.py, data/__init__.py, data/rle.py      the RLE module, vendored
+    code/trainer/__init__.py, code/trainer/wire.py              the wire contract, vendored
 
-The handlers import ``trainer.data.rle``; the container always puts ``code/`` on the Python path, so
-the same RLE code that writes the Kaggle CSV runs in the endpoint without installing the project (and
-without TensorFlow in the Python service). The archive is written under a temporary name and
-renamed, so a failed run never leaves a truncated model.tar.gz behind.
+The handlers import ``trainer.wire``; the container always puts ``code/`` on the Python path, so the
+same media types, negotiation, limits, RLE and cut-out that the Lambda and ``carvana predict`` use
+run in the endpoint without installing the project (and without TensorFlow in the Python service).
+The archive is written under a temporary name and renamed, so a failed run never leaves a truncated
+model.tar.gz behind.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ import tarfile
 import time
 from pathlib import Path
 
-from serving.model_server import signature_defs
 from trainer.atomic import atomic_path
-from trainer.saved_model_io import ModelLoadError, find_saved_model
+from trainer.saved_model_io import ModelLoadError, find_saved_model, signature_defs
+from trainer.wire import MODEL_NAME, SIGNATURE
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLERS = REPO / "serving" / "inference.py"
@@ -30,8 +31,8 @@ HANDLERS = REPO / "serving" / "inference.py"
 # code/lib: when code/lib exists the container skips code/requirements.txt (its serve.py logs
 # "loading modules in code/lib, ignoring requirements.txt"), and Pillow would never be installed.
 REQUIREMENTS = "numpy>=1.26\nPillow>=10\n"
-VENDORED = ("trainer/__init__.py", "trainer/data/__init__.py", "trainer/data/rle.py")
-REQUIRED_SIGNATURE = "mask_png"
+VENDORED = ("trainer/__init__.py", "trainer/wire.py")
+REQUIRED_SIGNATURE = SIGNATURE
 
 
 class PackageError(ValueError):
@@ -56,7 +57,7 @@ def _check_signatures(folder: Path) -> None:
         )
 
 
-def package(model_dir: Path, out: Path, *, model_name: str = "unet") -> list[str]:
+def package(model_dir: Path, out: Path, *, model_name: str = MODEL_NAME) -> list[str]:
     """Write ``out`` (model.tar.gz) from the newest SavedModel in ``model_dir``; the member names."""
     if not model_dir.is_dir():
         raise PackageError(f"--model-dir {model_dir}: not a folder (expected a SavedModel folder or a "
@@ -86,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carvana package",
         description="Build model.tar.gz for the SageMaker TF Serving container: the SavedModel under "
-        "unet/<version>/, code/inference.py, code/requirements.txt and the vendored RLE in code/trainer/.",
+        "unet/<version>/, code/inference.py, code/requirements.txt and the vendored code/trainer/wire.py.",
     )
     parser.add_argument("--model-dir", required=True, type=Path,
                         help="SavedModel folder, or a model_dir holding unet/<version>/ (the newest is used)")
     parser.add_argument("--out", required=True, type=Path, help="the archive to write, e.g. model.tar.gz")
-    parser.add_argument("--model-name", default="unet", help="TF Serving model name (folder in the archive)")
+    parser.add_argument("--model-name", default=MODEL_NAME,
+                        help="TF Serving model name (folder in the archive)")
     return parser
 
 
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.out.stat().st_size
     model = next(name for name in names if name.endswith("saved_model.pb")).rsplit("/", 1)[0]
     print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(names)} entries): {model}/ (SavedModel), "
-          "code/inference.py, code/requirements.txt, code/trainer/data/rle.py (vendored)")
+          "code/inference.py, code/requirements.txt, code/trainer/wire.py (vendored)")
     return 0
 
 

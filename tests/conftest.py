@@ -103,10 +103,12 @@ def _run_endpoint(
     model: Path, *args: str, log_dir: Path, env: dict[str, str] | None = None
 ) -> contextlib.AbstractContextManager[str]:
     """``carvana serve`` on a free port; its log is ``log_dir/serve-<port>.log``."""
-    from serving.server import free_port, running_endpoint
+    from local_aws.endpoint.process import free_port, running_endpoint
 
     port = free_port()
-    return running_endpoint(model, *args, port=port, log_path=log_dir / f"serve-{port}.log", env=env)
+    log_path = log_dir / f"serve-{port}.log"
+    # 240 s: on 2 shared CPU cores a worker importing TensorFlow and loading the model is slow.
+    return running_endpoint(model, *args, port=port, log_path=log_path, env=env, timeout_s=240.0)
 
 
 @pytest.fixture(scope="session")

@@ -51,7 +51,7 @@ def test_layout_and_signatures(exported):
     _, export_dir, loaded = exported
     assert export_dir.parts[-2:] == (MODEL_NAME, "1")
     assert (export_dir / "saved_model.pb").is_file() and (export_dir / "variables").is_dir()
-    assert set(loaded.signatures) == {"serving_default", "mask_png", "predict_images"}
+    assert set(loaded.signatures) == {"serving_default", "mask_png", "mask_png_tta", "predict_images"}
     inputs = {name: sig.structured_input_signature[1] for name, sig in loaded.signatures.items()}
     assert inputs["serving_default"]["image_bytes"].dtype == tf.string
     assert inputs["mask_png"]["image_bytes"].shape.as_list() == [None]

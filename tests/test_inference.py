@@ -16,19 +16,16 @@ import pytest
 import requests
 from PIL import Image
 
+from local_aws.endpoint.container import Context
 from serving import inference
-from serving.container import Context
 from serving.inference import (
-    MEDIA_CUTOUT_PNG,
     HandlerLimits,
-    OutputFormat,
-    RequestError,
     check_photo,
     input_handler,
     negotiate_output,
     output_handler,
 )
-from trainer.data.rle import rle_decode
+from trainer.wire import MEDIA_CUTOUT_PNG, OutputFormat, WireError, rle_decode
 
 
 def context(content_type: str = "image/jpeg", accept: str = "image/png", rest_uri: str = "") -> Context:
@@ -54,6 +51,8 @@ def round_trip(url: str, photo: bytes, content_type: str, accept: str, body: Any
         ('Image/PNG;Variant="cutout"', OutputFormat.CUTOUT_PNG),
         ("text/html, application/json;q=0.5, image/png;q=0.9", OutputFormat.MASK_PNG),
         ("application/json, image/png; variant=cutout", OutputFormat.RLE_JSON),
+        ("application/*", OutputFormat.RLE_JSON),
+        ("image/png;q=0, image/*;q=0.2", OutputFormat.MASK_PNG),
     ],
 )
 def test_accept_negotiation(accept: str, expected: OutputFormat) -> None:
@@ -61,9 +60,9 @@ def test_accept_negotiation(accept: str, expected: OutputFormat) -> None:
 
 
 def test_unsupported_accept_is_406_naming_the_choices() -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(WireError) as err:
         negotiate_output("text/html")
-    assert err.value.status_code == 406
+    assert err.value.status == 406
     assert "'text/html' is not supported" in str(err.value)
     assert "image/png; variant=cutout" in str(err.value)
 
@@ -109,26 +108,26 @@ def test_input_handler_reads_base64_json(make_photo, document) -> None:
     ],
 )
 def test_bad_requests_name_what_was_wrong(content_type: str, body: bytes, status: int, message: str) -> None:
-    with pytest.raises(RequestError) as err:
+    with pytest.raises(WireError) as err:
         input_handler(io.BytesIO(body), context(content_type))
-    assert err.value.status_code == status
+    assert err.value.status == status
     assert message in str(err.value)
 
 
 def test_formats_the_model_cannot_read_are_415(make_photo) -> None:
-    with pytest.raises(RequestError, match="photo format GIF is not supported") as err:
+    with pytest.raises(WireError, match="photo format GIF is not supported") as err:
         input_handler(io.BytesIO(make_photo(fmt="GIF")), context("image/png"))
-    assert err.value.status_code == 415
+    assert err.value.status == 415
 
 
 def test_photo_over_the_byte_limit_is_413(make_photo) -> None:
     photo = make_photo()
     big = photo + bytes(inference.LIMITS.max_image_bytes)
     limit = inference.LIMITS.max_image_bytes
-    with pytest.raises(RequestError, match=f"over the limit of {limit} bytes") as err:
+    with pytest.raises(WireError, match=f"over the limit of {limit} bytes") as err:
         input_handler(io.BytesIO(big), context())
-    assert err.value.status_code == 413
-    with pytest.raises(RequestError, match="over the limit of 100 bytes"):
+    assert err.value.status == 413
+    with pytest.raises(WireError, match="over the limit of 100 bytes"):
         check_photo(photo, HandlerLimits(max_image_bytes=100))
 
 
@@ -144,9 +143,9 @@ def test_decompression_bombs_are_refused_from_the_header(
 ) -> None:
     bomb = png_header(width, height)
     assert len(bomb) < 1000
-    with pytest.raises(RequestError, match=message) as err:
+    with pytest.raises(WireError, match=message) as err:
         input_handler(io.BytesIO(bomb), context("image/png"))
-    assert err.value.status_code == 413
+    assert err.value.status == 413
 
 
 def test_limits_come_from_the_environment() -> None:
@@ -198,6 +197,6 @@ def test_tf_serving_errors_reach_the_caller_with_their_status(served_endpoint: s
     ctx = context(rest_uri=f"{served_endpoint}/v1/models/unet/versions/7:predict")
     response = requests.post(ctx.rest_uri, data=json.dumps({"instances": [{"b64": "AA=="}]}), timeout=60)
     expected = r"TF Serving answered 404: Servable not found for request: Specific\(unet, 7\)"
-    with pytest.raises(RequestError, match=expected) as err:
+    with pytest.raises(WireError, match=expected) as err:
         output_handler(response, ctx)
-    assert err.value.status_code == 404
+    assert err.value.status == 404

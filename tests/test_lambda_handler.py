@@ -1,6 +1,7 @@
-"""lambda/handler.py: real API Gateway events and direct invocations in, proxy responses out.
+"""lambda/: real API Gateway events and direct invocations in, proxy responses out.
 
-The endpoint is the real local one (``served_endpoint``: ``carvana serve`` on a trained model,
+The built package (lambda/Makefile) imports with the standard library and boto3 alone. The endpoint
+is the real local one (``served_endpoint``: ``carvana serve`` on a trained model,
 reached through ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` exactly as on AWS); S3 is moto in server
 mode (``AWS_ENDPOINT_URL_S3``). Bad inputs are checked for their status *and* their message.
 """
@@ -8,12 +9,13 @@ mode (``AWS_ENDPOINT_URL_S3``). Bad inputs are checked for their status *and* th
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
-import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import zlib
 from pathlib import Path
 from types import ModuleType
@@ -24,8 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.gateway import LambdaContext, load_handler
-from trainer.data.rle import rle_decode
+from local_aws.api_gateway import LambdaContext, load_handler
+from local_aws.endpoint.process import free_port
+from trainer.wire import MEDIA_CUTOUT_PNG, rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER_FILE = REPO / "lambda" / "handler.py"
@@ -37,6 +40,12 @@ JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF"
 def lam() -> ModuleType:
     """lambda/handler.py loaded by path, as the Lambda runtime and the gateway load it."""
     return sys.modules[load_handler(HANDLER_FILE, "handler").__module__]
+
+
+@pytest.fixture(scope="module")
+def parts(lam: ModuleType) -> dict[str, ModuleType]:
+    """The handler's sibling modules (importable once the handler is loaded, as on AWS)."""
+    return {name: importlib.import_module(name) for name in ("mask_config", "mask_request")}
 
 
 def context(request_id: str = "req-0001") -> LambdaContext:
@@ -121,12 +130,6 @@ def error_of(response: dict[str, Any]) -> tuple[int, str]:
     return response["statusCode"], json.loads(response["body"])["error"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def moto_s3(moto_server: str) -> str:
     """The session's moto server (S3 over real HTTP) with the studio bucket in it."""
@@ -167,19 +170,53 @@ def s3_client(url: str) -> Any:
 # ---- no TensorFlow in the Lambda ------------------------------------------------------------------
 
 
-def test_handler_imports_nothing_but_boto3_and_the_standard_library() -> None:
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('handler', {str(HANDLER_FILE)!r})\n"
-        "module = importlib.util.module_from_spec(spec); sys.modules['handler'] = module\n"
-        "spec.loader.exec_module(module)\n"
-        "heavy = {'numpy', 'tensorflow', 'PIL', 'keras', 'trainer', 'serving'}\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))"
+@pytest.fixture(scope="module")
+def built_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The Lambda package as ``sam build`` makes it: lambda/Makefile's build-MaskFunction target."""
+    out = tmp_path_factory.mktemp("lambda-package")
+    subprocess.run(
+        ["make", "-s", "-C", str(REPO / "lambda"), "build-MaskFunction", f"ARTIFACTS_DIR={out}"],
+        check=True, capture_output=True, timeout=60,
     )
+    return out
+
+
+def test_the_package_is_the_lambda_folder_and_the_wire_contract(built_package: Path) -> None:
+    files = sorted(str(p.relative_to(built_package)) for p in built_package.rglob("*") if p.is_file())
+    lambda_files = sorted(p.name for p in (REPO / "lambda").glob("*.py"))
+    assert files == sorted([*lambda_files, "trainer/__init__.py", "trainer/wire.py"])
+    assert (built_package / "trainer" / "wire.py").read_bytes() == (REPO / "trainer" / "wire.py").read_bytes()
+
+
+def test_the_built_handler_runs_on_boto3_and_the_standard_library_alone(built_package: Path) -> None:
+    """Only the package and site-packages on the path, the project itself not installed (-S), and
+    NumPy, Pillow, TensorFlow and our other packages refused outright: the handler still imports
+    and answers a request that goes through trainer.wire's negotiation and base64."""
+    code = f"""
+import importlib.abc, json, sys
+sys.path[:0] = [{str(built_package)!r}]
+sys.path.append({sysconfig.get_paths()["purelib"]!r})  # boto3, as the Lambda runtime has it
+REFUSED = {{"numpy", "PIL", "tensorflow", "keras", "serving", "local_aws"}}
+class Refuse(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in REFUSED or name.startswith("trainer.") and name != "trainer.wire":
+            raise ImportError(f"the Lambda runtime has no {{name}}")
+sys.meta_path.insert(0, Refuse())
+import handler
+event = {{"image_b64": "  /9j/4AAQ\\n", "format": "png"}}
+import os; os.environ.update(ENDPOINT_NAME="ep", AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME="http://127.0.0.1:9")
+os.environ.update(AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="x", AWS_REGION="us-east-1")
+bad = handler.handler({{**event, "format": "gif"}}, None)
+print(sys.modules["trainer.wire"].__file__)
+print(bad["statusCode"], json.loads(bad["body"])["error"])
+"""
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60, cwd=built_package
     )
-    assert result.stdout.strip() == "[]"
+    assert result.returncode == 0, result.stderr
+    wire_file, answer = result.stdout.splitlines()[-2:]
+    assert Path(wire_file) == built_package / "trainer" / "wire.py"
+    assert answer == "400 format must be one of png, json, cutout; got 'gif'"
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -207,8 +244,8 @@ def test_malformed_settings_are_500s_naming_the_variable(
     assert status == 500 and expected in message
 
 
-def test_config_reads_prefixes_as_folders(lam: ModuleType) -> None:
-    config = lam.HandlerConfig.from_env(
+def test_config_reads_prefixes_as_folders(parts: dict[str, ModuleType]) -> None:
+    config = parts["mask_config"].HandlerConfig.from_env(
         {
             "ENDPOINT_NAME": "ep",
             "INPUT_S3_PREFIX": "s3://b/in",
@@ -240,7 +277,7 @@ def test_config_reads_prefixes_as_folders(lam: ModuleType) -> None:
         (text_event(b"{}"), 400, 'send exactly one of "s3_uri"'),
         ({"image_b64": "***"}, 400, '"image_b64" is not valid base64'),
         ({"image_b64": ""}, 400, '"image_b64" is empty'),
-        ({**v2_event(b"", "image/jpeg"), "body": "@@@"}, 400, "isBase64Encoded but is not valid base64"),
+        ({**v2_event(b"", "image/jpeg"), "body": "@@@"}, 400, "(marked isBase64Encoded) is not valid base64"),
         ("just a string", 400, "event must be a JSON object, got str"),
     ],
     ids=[
@@ -277,11 +314,12 @@ def test_photo_too_large_is_413_with_the_limit(lam: ModuleType, env: pytest.Monk
 
 
 def test_inline_photo_over_the_lambda_payload_is_413_pointing_to_s3(
-    lam: ModuleType, env: pytest.MonkeyPatch
+    lam: ModuleType, parts: dict[str, ModuleType], env: pytest.MonkeyPatch
 ) -> None:
-    photo = JPEG_HEAD + bytes(lam.INLINE_PHOTO_LIMIT)  # fits invoke_endpoint, not a base64 event
+    limit = parts["mask_request"].INLINE_PHOTO_LIMIT
+    photo = JPEG_HEAD + bytes(limit)  # fits invoke_endpoint, not a base64 event
     status, message = error_of(lam.handler({"image_b64": base64.b64encode(photo).decode()}, context()))
-    assert status == 413 and f"over the limit of {lam.INLINE_PHOTO_LIMIT:,} bytes" in message
+    assert status == 413 and f"over the limit of {limit:,} bytes" in message
     assert f'upload it under s3://{BUCKET}/incoming/ and send {{"s3_uri": ...}}' in message
 
 
@@ -351,6 +389,8 @@ def test_unreachable_endpoint_is_502_naming_it(lam: ModuleType, env: pytest.Monk
 def test_each_request_logs_one_json_line(
     lam: ModuleType, env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    ticks = iter([100.0, 100.0123])  # the request starts, then it ends 12.3 ms later
+    env.setattr(lam, "clock", lambda: next(ticks))
     lam.handler(v2_event(b"GIF89a", "image/jpeg", query={"format": "json"}), context("req-log"))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(lines) == 1
@@ -361,7 +401,7 @@ def test_each_request_logs_one_json_line(
         and line["source"] == "http-api-v2"
     )
     assert (line["status"], line["format"], line["size_bytes"]) == (400, "json", 6)
-    assert line["latency_ms"] >= 0 and "not a JPEG or PNG" in line["error"]
+    assert line["latency_ms"] == 12.3 and "not a JPEG or PNG" in line["error"]
 
 
 # ---- against the real local endpoint ----------------------------------------------------------
@@ -459,15 +499,10 @@ def test_direct_invocation_gets_the_rgba_cutout(
     lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, expected_mask: np.ndarray
 ) -> None:
     event = {"image_b64": base64.b64encode(photo).decode(), "format": "cutout"}
-    cutout = png_pixels(image_body(lam.handler(event, context()), lam.CUTOUT_MEDIA_TYPE), mode="RGBA")
+    cutout = png_pixels(image_body(lam.handler(event, context()), MEDIA_CUTOUT_PNG), mode="RGBA")
     assert cutout.shape == (128, 192, 4)
     np.testing.assert_array_equal(cutout[..., 3], expected_mask)
-
-
-def test_cutout_media_type_is_the_endpoints(lam: ModuleType) -> None:
-    from serving.inference import MEDIA_CUTOUT_PNG
-
-    assert lam.CUTOUT_MEDIA_TYPE == MEDIA_CUTOUT_PNG
+    assert cutout[cutout[..., 3] == 0].max(initial=0) == 0  # nothing of the studio under alpha 0
 
 
 def test_s3_photo_result_goes_to_the_output_prefix(

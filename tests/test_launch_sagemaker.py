@@ -267,7 +267,7 @@ def test_deploy_creates_model_config_and_endpoint(sm) -> None:
     # The SDK repacked the job's archive with our handlers, in the TF Serving container layout.
     files = s3_tar_names(container["ModelDataUrl"])
     assert {"unet/1/saved_model.pb", "code/inference.py", "code/requirements.txt",
-            "code/trainer/__init__.py", "code/trainer/data/rle.py"} <= set(files)
+            "code/trainer/__init__.py", "code/trainer/wire.py"} <= set(files)
     # No code/lib: the TF Serving container would then skip requirements.txt (Pillow for the handlers).
     assert not any(name.startswith("code/lib/") for name in files)
     assert b"Pillow" in files["code/requirements.txt"]

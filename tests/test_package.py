@@ -18,8 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = {
     "code/inference.py": "serving/inference.py",
     "code/trainer/__init__.py": "trainer/__init__.py",
-    "code/trainer/data/__init__.py": "trainer/data/__init__.py",
-    "code/trainer/data/rle.py": "trainer/data/rle.py",
+    "code/trainer/wire.py": "trainer/wire.py",
 }
 
 
@@ -39,8 +38,8 @@ def test_archive_layout(packaged_model: Path) -> None:
 
 def test_the_container_can_import_the_packaged_handlers(packaged_model: Path, tmp_path: Path) -> None:
     """Import code/inference.py exactly as python_service.py does, with only code/ on the path (no
-    project install, no code/lib, which would make the container skip requirements.txt): the RLE
-    must come from the vendored copy."""
+    project install, no code/lib, which would make the container skip requirements.txt): the wire
+    contract must come from the vendored copy."""
     with tarfile.open(packaged_model) as archive:
         archive.extractall(tmp_path, filter="data")
     code = tmp_path / "code"
@@ -53,7 +52,7 @@ inference = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(inference)
 import numpy as np
 assert "tensorflow" not in sys.modules
-print(sys.modules["trainer.data.rle"].__file__)
+print(sys.modules["trainer.wire"].__file__)
 print(inference.rle_encode(np.array([[0, 1], [1, 1]])))
 print(inference.input_handler.__name__, inference.output_handler.__name__)
 """
@@ -62,8 +61,8 @@ print(inference.input_handler.__name__, inference.output_handler.__name__)
         [sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
-    rle_file, rle, handlers = result.stdout.splitlines()
-    assert Path(rle_file) == code / "trainer" / "data" / "rle.py"
+    wire_file, rle, handlers = result.stdout.splitlines()
+    assert Path(wire_file) == code / "trainer" / "wire.py"
     assert not (code / "lib").exists()
     assert rle == "2 3"
     assert handlers == "input_handler output_handler"

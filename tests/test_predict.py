@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.data.rle import rle_decode
 from trainer.predict import main
+from trainer.wire import rle_decode
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,9 @@ def test_folder_masks_cutouts_and_submission(
         mode, cutout = read_png(out / f"{photo_path.stem}_cutout.png")
         assert mode == "RGBA" and cutout.shape == (height, width, 4)
         np.testing.assert_array_equal(cutout[..., 3], mask)  # alpha 0 exactly where the mask is 0
-        np.testing.assert_array_equal(cutout[..., :3], photo[..., :3])
+        # The car's pixels as the photo has them; under alpha 0 nothing of the studio, as the endpoint.
+        np.testing.assert_array_equal(cutout[..., :3], np.where(mask[..., None] > 0, photo[..., :3], 0))
+        assert cutout[mask == 0].max() == 0
 
         # The RLE decodes back to the mask PNG.
         np.testing.assert_array_equal(rle_decode(rle, height, width) * 255, mask)
@@ -116,7 +118,7 @@ def test_empty_masks_give_empty_rle_and_transparent_cutouts(
     assert len(rows) == 4 and all(rle == "" for _, rle in rows)
     assert "studio_shot.png,\n" in (out / "submission.csv").read_text()
     for cutout in out.glob("*_cutout.png"):
-        assert read_png(cutout)[1][..., 3].max() == 0
+        assert read_png(cutout)[1].max() == 0  # all transparent, and black
 
 
 def test_errors_name_the_file(

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from trainer.data.layout import scan_dataset
-from trainer.data.rle import rle_decode
 from trainer.data.sample import main
 from trainer.data.synthetic_car import make_cars, render
+from trainer.wire import rle_decode
 
 
 def test_layout_is_kaggles(sample_data: Path) -> None:

@@ -86,3 +86,51 @@ def test_probabilities_match_signature_mixed_sizes_and_tta(tiny_saved_model: Pat
 
 def test_to_mask_threshold_is_strict() -> None:
     np.testing.assert_array_equal(to_mask(np.array([0.0, 0.5, 0.5001, 1.0])), [0, 0, 1, 1])
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_masks_are_the_endpoints_signature_and_tta_mirrors_in_the_graph(tiny_saved_model: Path) -> None:
+    """Photo bytes in: ``mask_png`` is what the endpoint calls; ``mask_png_tta`` averages each photo
+    with its mirror image, decoded and resized by the graph, as serving_default sees both."""
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (96, 144, 3), dtype=np.uint8)
+    signatures = tf.saved_model.load(str(tiny_saved_model / "unet" / "1")).signatures
+
+    def probabilities(pixels: np.ndarray) -> np.ndarray:
+        out = signatures["serving_default"](image_bytes=tf.constant([_png(pixels)]))
+        return out["probabilities"].numpy()[0]
+
+    with open_model(tiny_saved_model) as model:
+        pngs = model.mask_pngs([_png(small), _png(large)])
+        plain = model.masks([_png(small), _png(large)])
+        (tta,) = model.masks([_png(large)], tta=True)
+        assert model.mask_pngs([]) == []
+
+    endpoint = signatures["mask_png"](image_bytes=tf.constant([_png(small), _png(large)]))
+    assert pngs == [bytes(png) for png in endpoint["mask_png_bytes"].numpy()]
+    np.testing.assert_array_equal(plain[1], to_mask(probabilities(large)))
+    assert [m.shape for m in plain] == [(48, 80), (96, 144)] and tta.dtype == np.uint8
+    mean = (probabilities(large) + probabilities(large[:, ::-1].copy())[:, ::-1]) / 2
+    sure = np.abs(mean - 0.5) > 1e-4  # a flip commutes with the resize up to float rounding
+    np.testing.assert_array_equal(tta[sure], to_mask(mean)[sure])
+    assert sure.mean() > 0.99
+
+
+def test_a_photo_the_graph_cannot_decode_is_named_by_index(tiny_saved_model: Path) -> None:
+    from trainer.saved_model_io import PhotoDecodeError
+
+    good = _png(np.zeros((8, 8, 3), np.uint8))
+    with open_model(tiny_saved_model) as model, pytest.raises(PhotoDecodeError) as err:
+        model.mask_pngs([good, b"\xff\xd8\xff\xe0 not really a jpeg", good])
+    assert err.value.index == 1
+    assert "jpeg" in str(err.value).lower()

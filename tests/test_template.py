@@ -62,6 +62,9 @@ def test_function_runs_the_handler_on_python312_with_its_config(template: dict[s
     assert function["Type"] == "AWS::Serverless::Function"
     props = function["Properties"]
     assert (props["Runtime"], props["Handler"], props["CodeUri"]) == ("python3.12", "handler.handler", ".")
+    # lambda/Makefile builds the package, so trainer/wire.py goes with the handler.
+    assert function["Metadata"] == {"BuildMethod": "makefile"}
+    assert "build-MaskFunction:" in (TEMPLATE.parent / "Makefile").read_text()
     assert 128 <= props["MemorySize"] <= 1024 and 10 <= props["Timeout"] <= 30
     assert props["Role"] == {"Fn::GetAtt": ["MaskFunctionRole", "Arn"]}
     env = props["Environment"]["Variables"]
@@ -141,3 +144,10 @@ def test_parameters_refuse_names_and_prefixes_that_would_widen_the_policy(templa
     for bad in ("", "/", "*", "incoming", "in*/"):
         assert not prefix.fullmatch(bad), bad
     assert params["OutputPrefix"]["AllowedPattern"] == params["InputPrefix"]["AllowedPattern"]
+
+
+def test_the_photo_size_limit_is_the_wire_contracts(template: dict[str, Any]) -> None:
+    from trainer.wire import ENDPOINT_PAYLOAD_LIMIT
+
+    limit = template["Parameters"]["MaxImageBytes"]
+    assert limit["Default"] == limit["MaxValue"] == ENDPOINT_PAYLOAD_LIMIT

@@ -1,7 +1,8 @@
 """The ``carvana`` command: one subcommand per step of the pipeline.
 
-This is the composition root of the project, the one place that knows every step, so it maps
-subcommand names to modules and imports only the module asked for (importing TensorFlow for
+This is the composition root of the project, the one place that knows every step (the local AWS
+stand-ins of ``local_aws/`` included, which shipped code never imports), so it maps subcommand names
+to modules and imports only the module asked for (importing TensorFlow for
 ``carvana --help`` would cost seconds). Each module exposes ``main(argv) -> int`` and can also be
 run with ``python -m``.
 """
@@ -25,8 +26,8 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "tune": ("trainer.launch.cli", ("tune",), "launch a tuning job (--backend local|sagemaker)"),
     "deploy": ("trainer.launch.cli", ("deploy",), "deploy a trained model (--backend local|sagemaker)"),
     "package": ("serving.package", (), "build model.tar.gz in the TF Serving container layout"),
-    "serve": ("serving.server", (), "run the local endpoint (SageMaker container + TF Serving REST)"),
-    "gateway": ("serving.gateway", (), "run the local API gateway in front of the Lambda handler"),
+    "serve": ("local_aws.endpoint.server", (), "run the local endpoint (SageMaker container, TF Serving)"),
+    "gateway": ("local_aws.api_gateway", (), "run the local API gateway in front of the Lambda handler"),
 }
 
 

@@ -1,9 +1,10 @@
 """``carvana evaluate``: mean Dice per image at full original resolution, the competition's metric.
 
 Training and validation run on downscaled photos, but a studio (and Kaggle) judges the mask at the
-photo's own 1918x1280 size, where a blurry upsampled edge costs Dice. So this command decodes each
-photo at its size, runs the exported SavedModel (which resizes in and back out in its graph, just
-as the endpoint does) and scores the thresholded mask against the full-size truth. It writes the
+photo's own 1918x1280 size, where a blurry upsampled edge costs Dice. So this command sends each
+photo's bytes to the exported SavedModel's ``mask_png`` signature, the one the endpoint calls (the
+graph decodes, resizes in and back out and thresholds, so the Dice is measured on the very mask the
+endpoint answers with), and scores it against the full-size truth. It writes the
 per-image scores (to find the hard angles and cars), a summary, and pictures of the worst cases,
 because the mean alone never says *what* goes wrong.
 """
@@ -29,7 +30,8 @@ from tqdm import tqdm
 from trainer.atomic import atomic_path, write_json
 from trainer.data.layout import DatasetError, Photo, read_mask, read_photo, scan_dataset
 from trainer.model.metrics import dice_numpy
-from trainer.saved_model_io import THRESHOLD, ModelLoadError, SegmentationModel, open_model, to_mask
+from trainer.saved_model_io import ModelLoadError, PhotoDecodeError, SegmentationModel, open_model, to_mask
+from trainer.wire import THRESHOLD
 
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_JSON = "summary.json"
@@ -212,21 +214,34 @@ def write_per_image(path: Path, cases: Sequence[Case]) -> None:
         writer.writerows([c.photo.car_id, c.photo.angle, f"{c.dice:.6f}"] for c in cases)
 
 
+def _photo_bytes(photo: Photo) -> bytes:
+    try:
+        return photo.image_path.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"{photo.image_path}: cannot read image ({err.strerror})") from None
+
+
 def score_photos(
     model: SegmentationModel, photos: Sequence[Photo], config: EvaluateConfig, worst: WorstCases
 ) -> list[Case]:
-    """Score every photo at full size, a few per model call, with a progress bar."""
+    """Score every photo at full size, a few per model call, with a progress bar.
+
+    The photo's bytes go to the graph as the endpoint sends them (``--tta``: the graph averages the
+    photo with its mirror image), so the mask scored is the endpoint's mask.
+    """
     cases: list[Case] = []
     with tqdm(total=len(photos), desc="evaluate", unit="img") as bar:
         for start in range(0, len(photos), config.batch_size):
             chunk = photos[start : start + config.batch_size]
-            images = [read_photo(p.image_path) for p in chunk]
-            probabilities = model.probabilities(images, tta=config.tta)
-            for photo, image, prob in zip(chunk, images, probabilities, strict=True):
-                truth = read_mask(photo, image.shape[:2])
-                case = Case(photo, image_dice(prob, truth))
+            try:
+                masks = model.masks([_photo_bytes(p) for p in chunk], tta=config.tta)
+            except PhotoDecodeError as err:
+                raise DatasetError(f"{chunk[err.index].image_path}: cannot read image ({err})") from None
+            for photo, mask in zip(chunk, masks, strict=True):
+                truth = read_mask(photo, mask.shape)
+                case = Case(photo, float(dice_numpy(mask, truth)))
                 cases.append(case)
-                worst.offer(case, to_mask(prob))
+                worst.offer(case, mask)
             bar.update(len(chunk))
     return cases
 

@@ -11,6 +11,9 @@ size. Its three signatures, which serving, evaluation and prediction rely on:
   ``probabilities`` float32 [B,H,W], ``mask`` uint8 [B,H,W] in {0, 1}
 - ``mask_png``: ``image_bytes`` string [B] (sizes may differ) -> ``mask_png_bytes`` string [B]
   (PNG, 0/255, each photo's size), ``height``/``width`` int32 [B], ``car_fraction`` float32 [B]
+- ``mask_png_tta``: as ``mask_png``, with each photo's probabilities averaged with those of its
+  mirror image (flipped back): test-time augmentation inside the graph, so ``carvana evaluate
+  --tta`` decodes and resizes the photo exactly as the endpoint does
 - ``predict_images``: ``images`` float32 [B,h,w,3] in [0, 1] -> ``probabilities``, ``mask`` [B,h,w]
 """
 
@@ -24,10 +27,10 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-MODEL_NAME = "unet"
+from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE
+
 MODEL_VERSION = 1
-THRESHOLD = 0.5
-BYTES_SPEC = tf.TensorSpec([None], tf.string, name="image_bytes")
+BYTES_SPEC = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
 
@@ -79,20 +82,29 @@ class UNetServing(tf.Module):
         )
         return self._outputs(self._logits(images), sizes[0])
 
-    @tf.function(input_signature=[BYTES_SPEC])
-    def mask_png(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images, sizes = self._decode_resized(image_bytes)
-        logits = self._logits(images)
+    def _encoded(self, images: tf.Tensor, sizes: tf.Tensor, *, tta: bool) -> dict[str, tf.Tensor]:
+        """``mask_png``'s outputs for model-size images and each photo's (height, width).
 
-        def encode(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
-            one_logits, size = args
-            mask = self._outputs(one_logits[tf.newaxis], size)["mask"][0]
+        With ``tta`` the batch runs once with its mirror images appended, and each photo's
+        probabilities are the mean of its own and its mirror's (flipped back), at the photo's size.
+        """
+        batch = tf.shape(images)[0]
+        logits = self._logits(tf.concat([images, images[:, :, ::-1]], 0) if tta else images)
+        mirrored = logits[batch:] if tta else logits
+
+        def encode(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            one_logits, one_mirrored, size = args
+            probabilities = self._outputs(one_logits[tf.newaxis], size)["probabilities"][0]
+            if tta:
+                flipped = self._outputs(one_mirrored[tf.newaxis], size)["probabilities"][0]
+                probabilities = (probabilities + flipped[:, ::-1]) / 2.0
+            mask = tf.cast(probabilities > THRESHOLD, tf.uint8)
             png = tf.io.encode_png(mask[..., tf.newaxis] * 255)
             return png, tf.reduce_mean(tf.cast(mask, tf.float32))
 
         pngs, fractions = tf.map_fn(
             encode,
-            (logits, sizes),
+            (logits[:batch], mirrored, sizes),
             fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.float32)),
         )
         return {
@@ -101,6 +113,14 @@ class UNetServing(tf.Module):
             "width": sizes[:, 1],
             "car_fraction": fractions,
         }
+
+    @tf.function(input_signature=[BYTES_SPEC])
+    def mask_png(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._encoded(*self._decode_resized(image_bytes), tta=False)
+
+    @tf.function(input_signature=[BYTES_SPEC])
+    def mask_png_tta(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._encoded(*self._decode_resized(image_bytes), tta=True)
 
     @tf.function(input_signature=[IMAGES_SPEC])
     def predict_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -129,7 +149,8 @@ def export_saved_model(
     module = UNetServing(model, image_size)
     signatures = {
         "serving_default": module.serving_default,
-        "mask_png": module.mask_png,
+        SIGNATURE: module.mask_png,
+        TTA_SIGNATURE: module.mask_png_tta,
         "predict_images": module.predict_images,
     }
     try:

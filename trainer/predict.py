@@ -1,10 +1,12 @@
 """``carvana predict``: masks, cut-outs and a Kaggle submission for a photo or a folder of photos.
 
-This is the offline twin of the endpoint, for a studio's batch of photos or the Kaggle test set:
-it runs the same exported SavedModel (resize in and back out inside the graph), so every mask is at
-the photo's own size. Outputs are what people use: a 0/255 mask PNG per photo, optionally an RGBA
-cut-out with the background transparent, and for a folder the ``img,rle_mask`` CSV that Kaggle
-scores, with the same RLE module the endpoint vendors.
+The endpoint's offline path, for a studio's batch of photos or the Kaggle test set: each photo's
+bytes go to the same SavedModel signature the endpoint calls (``mask_png``: decode, resize in and
+back out, threshold, PNG encode, all in the graph), so a mask written here is the endpoint's mask
+for the same bytes, pixel for pixel, at the photo's own size. Outputs are what people use: the 0/255
+mask PNG per photo, optionally the RGBA cut-out (background transparent and black, the endpoint's
+cut-out), and for a folder the ``img,rle_mask`` CSV that Kaggle scores; the RLE and the cut-out
+come from trainer/wire.py, the module the endpoint and the Lambda use.
 """
 
 from __future__ import annotations
@@ -18,14 +20,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from trainer.atomic import atomic_path
-from trainer.data.layout import DatasetError, read_photo
-from trainer.data.rle import rle_encode
-from trainer.saved_model_io import ModelLoadError, open_model, to_mask
+from trainer.saved_model_io import ModelLoadError, PhotoDecodeError, open_model
+from trainer.wire import cutout_png, decode_mask_png, rle_encode
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBMISSION_NAME = "submission.csv"
@@ -84,34 +83,30 @@ def list_photos(source: Path) -> list[Path]:
     return photos
 
 
-def mask_image(mask: np.ndarray) -> Image.Image:
-    """Mask {0, 1} as an 8-bit PNG image of 0/255, the format the endpoint also returns."""
-    return Image.fromarray((mask * 255).astype(np.uint8))  # 2-D uint8 -> mode "L"
+def read_bytes(path: Path) -> bytes:
+    """The photo file's bytes, as a client would send them; PredictError naming it when unreadable."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read image ({err.strerror})") from None
 
 
-def cutout_image(photo: np.ndarray, mask: np.ndarray) -> Image.Image:
-    """The photo as RGBA with the background transparent (alpha 255 on the car, 0 elsewhere)."""
-    alpha = (mask * 255).astype(np.uint8)[..., None]
-    return Image.fromarray(np.concatenate([photo, alpha], axis=-1))  # 4 channels -> "RGBA"
-
-
-def save_png(image: Image.Image, path: Path) -> None:
+def write_bytes(data: bytes, path: Path) -> None:
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        tmp.write_bytes(data)
 
 
-def predict_masks(
-    config: PredictConfig, photos: Sequence[Path]
-) -> Iterator[tuple[Path, np.ndarray, np.ndarray]]:
-    """``(path, photo, mask)`` per photo in input order, a few photos per model call, with a bar."""
+def predict_masks(config: PredictConfig, photos: Sequence[Path]) -> Iterator[tuple[Path, bytes, bytes]]:
+    """``(path, photo bytes, mask PNG)`` per photo in input order, a few photos per model call."""
     with open_model(config.model) as model, tqdm(total=len(photos), desc="predict", unit="img") as bar:
         for start in range(0, len(photos), config.batch_size):
             chunk = photos[start : start + config.batch_size]
-            images = [read_photo(path) for path in chunk]
-            for path, image, prob in zip(
-                chunk, images, model.probabilities(images, tta=config.tta), strict=True
-            ):
-                yield path, image, to_mask(prob)
+            data = [read_bytes(path) for path in chunk]
+            try:
+                pngs = model.mask_pngs(data, tta=config.tta)
+            except PhotoDecodeError as err:
+                raise PredictError(f"{chunk[err.index]}: cannot read image ({err})") from None
+            yield from zip(chunk, data, pngs, strict=True)
             bar.update(len(chunk))
 
 
@@ -136,13 +131,13 @@ def predict(config: PredictConfig) -> int:
     photos = list_photos(config.input)
     config.out.mkdir(parents=True, exist_ok=True)
     with submission_writer(config.submission) as write_row:
-        for path, image, mask in predict_masks(config, photos):
+        for path, photo, mask_png in predict_masks(config, photos):
             if config.masks:
-                save_png(mask_image(mask), config.out / f"{path.stem}_mask.png")
+                write_bytes(mask_png, config.out / f"{path.stem}_mask.png")
             if config.cutout:
-                save_png(cutout_image(image, mask), config.out / f"{path.stem}_cutout.png")
+                write_bytes(cutout_png(photo, mask_png), config.out / f"{path.stem}_cutout.png")
             if write_row is not None:
-                write_row([path.name, rle_encode(mask)])
+                write_row([path.name, rle_encode(decode_mask_png(mask_png))])
     return len(photos)
 
 
@@ -158,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", required=True, help="folder for <stem>_mask.png (and <stem>_cutout.png)")
     parser.add_argument(
-        "--cutout", action="store_true", help="also write RGBA cut-outs, background transparent"
+        "--cutout", action="store_true", help="also write RGBA cut-outs, background transparent and black"
     )
     parser.add_argument("--no-masks", action="store_true", help="skip the mask PNGs (e.g. only a submission)")
     parser.add_argument(
@@ -183,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         count = predict(config)
-    except (PredictError, DatasetError, ModelLoadError) as err:
+    except (PredictError, ModelLoadError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     where = f"{config.out}" + (f", submission {config.submission}" if config.submission else "")

@@ -4,33 +4,68 @@
 the SavedModel folder itself (``<model_dir>/unet/1``), the training job's ``model_dir`` holding
 ``unet/<version>/``, or the ``model.tar.gz`` a SageMaker job (or ``carvana package``) leaves. This
 module is the one place that turns any of those into loaded signatures, so both commands read the
-model exactly as TF Serving would, through the exported graph (resize in, resize back out), rather
-than rebuilding a Keras model that could drift from what is deployed.
+model exactly as TF Serving would, through the exported graph, rather than rebuilding a Keras model
+that could drift from what is deployed. They send the photo's *bytes* to the endpoint's own
+``mask_png`` signature (``mask_png_tta`` for test-time augmentation): the graph decodes and resizes,
+so a mask made offline is the endpoint's mask, pixel for pixel. It also reads a SavedModel's
+signature definitions without loading it (``carvana package`` checks them; the local endpoint
+prints them as TF Serving's metadata call does).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
 
 # Probabilities strictly above THRESHOLD are car: the exported "mask" output's own rule, so a mask
 # from here equals the endpoint's.
-from trainer.export import MODEL_NAME, THRESHOLD
+from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE, decode_mask_png
 
-# The signature that takes decoded float images: photos are decoded once by the caller (which
-# also needs the pixels for cut-outs and overlays), and flips for test-time augmentation need no
-# re-encoding.
-SIGNATURE = "predict_images"
+# The signature that takes decoded float images (for notebooks that already hold the pixels).
+IMAGES_SIGNATURE = "predict_images"
 
 
 class ModelLoadError(ValueError):
     """``--model`` does not point at a loadable SavedModel; the message names the path."""
+
+
+class PhotoDecodeError(ValueError):
+    """The graph cannot decode one photo of a batch: ``index`` says which, the message why."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def op_error_text(message: str) -> str:
+    """TF's error text without the Python-side preamble and op name (TF Serving never shows them)."""
+    _, marker, rest = message.partition("<stack traces unavailable>\n")
+    return re.sub(r" \[Op:[^\]]*\]$", "", (rest if marker else message).strip())
+
+
+def signature_defs(folder: Path) -> dict[str, Any]:
+    """The signature defs as TF Serving's metadata call prints them (proto field names, defaults).
+
+    Read from saved_model.pb alone: nothing is loaded, no variables are restored.
+    """
+    saved_model = saved_model_pb2.SavedModel()
+    saved_model.ParseFromString((folder / "saved_model.pb").read_bytes())
+    return {
+        name: json_format.MessageToDict(
+            signature, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        for name, signature in saved_model.meta_graphs[0].signature_def.items()
+    }
 
 
 def _versions(folder: Path) -> list[Path]:
@@ -87,7 +122,7 @@ def saved_model_dir(path: str | Path) -> Iterator[Path]:
 
 
 class SegmentationModel:
-    """The exported model's ``predict_images`` signature, fed uint8 photos of any size."""
+    """The exported model's signatures: photo bytes in (the endpoint's way), masks out."""
 
     def __init__(self, folder: Path) -> None:
         try:
@@ -100,17 +135,56 @@ class SegmentationModel:
                 f"(found: {', '.join(sorted(loaded.signatures)) or 'none'})"
             )
         self.folder = folder
-        # Keep the loaded object alive: the signature's variables belong to it.
+        # Keep the loaded object alive: the signatures' variables belong to it.
         self._loaded = loaded
-        self._predict = loaded.signatures[SIGNATURE]
+
+    def _signature(self, name: str) -> Any:
+        if name not in self._loaded.signatures:
+            raise ModelLoadError(
+                f"{self.folder}: the SavedModel has no {name!r} signature (found: "
+                f"{', '.join(sorted(self._loaded.signatures))}); export it again with trainer/export.py"
+            )
+        return self._loaded.signatures[name]
+
+    def mask_pngs(self, photos: Sequence[bytes], *, tta: bool = False) -> list[bytes]:
+        """The mask PNG (0/255, each photo's size) per JPEG/PNG photo, in input order, one call.
+
+        The photos go to ``mask_png`` exactly as the endpoint sends them (``mask_png_tta`` with
+        ``tta``: each photo averaged with its mirror image inside the graph), so the decode, the
+        resizes and the threshold are the graph's. A photo the graph cannot decode raises
+        PhotoDecodeError naming its index (the batch is retried photo by photo to find it).
+        """
+        signature = self._signature(TTA_SIGNATURE if tta else SIGNATURE)
+
+        def run(batch: Sequence[bytes]) -> list[bytes]:
+            outputs = signature(**{INPUT_NAME: tf.constant(list(batch), dtype=tf.string)})
+            return [bytes(png) for png in outputs["mask_png_bytes"].numpy()]
+
+        if not photos:
+            return []
+        try:
+            return run(photos)
+        except tf.errors.InvalidArgumentError:
+            for index, photo in enumerate(photos):
+                try:
+                    run([photo])
+                except tf.errors.InvalidArgumentError as err:
+                    raise PhotoDecodeError(index, op_error_text(err.message).splitlines()[0]) from None
+            raise
+
+    def masks(self, photos: Sequence[bytes], *, tta: bool = False) -> list[np.ndarray]:
+        """uint8 {0, 1} masks ``(H, W)`` at each photo's size: :meth:`mask_pngs`, decoded."""
+        return [decode_mask_png(png) for png in self.mask_pngs(photos, tta=tta)]
 
     def probabilities(self, photos: Sequence[np.ndarray], *, tta: bool = False) -> list[np.ndarray]:
-        """Car probability per pixel, float32 (H, W) at each photo's own size, in input order.
+        """Car probability per pixel, float32 (H, W), for photos already decoded to uint8 RGB.
 
-        Photos (uint8 (H, W, 3)) of one size go through the graph together, one call per size.
-        ``tta`` averages each photo's prediction with that of its mirror image (flipped back),
-        one call for both so the batch stays large.
+        For notebooks that hold the pixels; ``carvana predict`` and ``carvana evaluate`` use
+        :meth:`mask_pngs`, which decodes as the endpoint does. Photos of one size go through the
+        ``predict_images`` graph together, one call per size; ``tta`` averages each photo's
+        prediction with that of its mirror image (flipped back).
         """
+        predict = self._signature(IMAGES_SIGNATURE)
         result: list[np.ndarray | None] = [None] * len(photos)
         by_size: dict[tuple[int, ...], list[int]] = {}
         for index, photo in enumerate(photos):
@@ -119,7 +193,7 @@ class SegmentationModel:
             batch = np.stack([photos[i] for i in indices]).astype(np.float32) / 255.0
             if tta:
                 batch = np.concatenate([batch, batch[:, :, ::-1]])
-            probs = self._predict(images=tf.constant(batch))["probabilities"].numpy()
+            probs = predict(images=tf.constant(batch))["probabilities"].numpy()
             if tta:
                 plain, mirrored = np.split(probs, 2)
                 probs = (plain + mirrored[:, :, ::-1]) / 2.0

@@ -1,1 +1,1 @@
-"""The Kaggle Carvana dataset: layout reader, RLE, synthetic sample, TFRecord conversion, tf.data."""
+"""The Kaggle Carvana dataset: layout reader, synthetic sample, TFRecord conversion, tf.data."""

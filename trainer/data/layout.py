@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from trainer.command import CarvanaError
-from trainer.data.rle import rle_decode
+from trainer.wire import rle_decode
 
 PHOTO_NAME = re.compile(r"^(?P<car>[0-9a-f]{12})_(?P<angle>\d{2})\.jpg$")
 ANGLES = range(1, 17)

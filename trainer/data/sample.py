@@ -22,8 +22,8 @@ import numpy as np
 from trainer.atomic import atomic_path
 from trainer.command import UsageError, run_command
 from trainer.data.layout import parse_size
-from trainer.data.rle import rle_encode
 from trainer.data.synthetic_car import ANGLES, CarSpec, draw, make_cars, studio_backdrop
+from trainer.wire import rle_encode
 
 
 @dataclass(frozen=True)

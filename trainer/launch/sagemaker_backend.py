@@ -38,8 +38,8 @@ from trainer.launch.naming import check_name
 from trainer.launch.search_space import Categorical, Continuous, Integer, Range
 from trainer.launch.source import ENTRY_POINT, stage_training_source
 from trainer.launch.specs import DeployResult, DeploySpec, JobResult, JobSpec, TuningResult, TuningSpec
+from trainer.wire import MODEL_NAME
 
-MODEL_NAME = "unet"  # <model_dir>/unet/1/ and TF Serving's model name
 FRAMEWORK_VERSION = "2.19"  # the TF the project pins; the DLC tag is tensorflow-training:2.19-gpu-py312
 PY_VERSION = "py312"
 # The entry point's default TensorBoard folder: beside SM_OUTPUT_DATA_DIR.
@@ -85,7 +85,7 @@ def stage_inference_code(dest: str | Path) -> Path:
     """Write the endpoint's code folder under ``dest`` and return it.
 
     SageMaker's repack copies the folder into ``code/`` of model.tar.gz: ``code/inference.py``,
-    ``code/requirements.txt`` and the vendored RLE module as ``code/trainer/data/rle.py`` (the
+    ``code/requirements.txt`` and the vendored wire contract as ``code/trainer/wire.py`` (the
     container puts ``code/`` on ``sys.path``). Not ``code/lib/``: when that exists, the TF Serving
     container skips ``requirements.txt``. It is the layout ``carvana package`` writes, from the same
     constants, so the two cannot drift.
@@ -97,7 +97,7 @@ def stage_inference_code(dest: str | Path) -> Path:
     code.mkdir(parents=True)
     shutil.copy2(HANDLERS, code / "inference.py")
     (code / "requirements.txt").write_text(REQUIREMENTS)
-    for module in VENDORED:  # trainer/__init__.py, trainer/data/__init__.py, trainer/data/rle.py
+    for module in VENDORED:  # trainer/__init__.py, trainer/wire.py
         (code / module).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / module, code / module)
     return code
@@ -271,7 +271,7 @@ def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
     """Create the model (the job's model.tar.gz repacked with code/inference.py), config and endpoint.
 
     The SDK repacks ``model_data``: it adds ``code/inference.py``, ``code/requirements.txt`` and the
-    vendored ``code/trainer/data/rle.py`` beside ``unet/1/``, uploads the result under the
+    vendored ``code/trainer/wire.py`` beside ``unet/1/``, uploads the result under the
     prefix's ``models/`` and points the model at the TF Serving 2.19 image (CPU or GPU after the
     instance type; CPU for serverless, which has no GPUs).
     """

@@ -11,7 +11,8 @@ what ``output_handler`` makes of the ``requests`` response. The handlers are the
 ``--pythonpath``) when the model carries one, else :mod:`serving.inference`.
 
 One difference, on purpose: the container answers every handler exception with 500; here an
-exception's ``status_code`` (400-599) is honoured, so bad input reads as a client error locally.
+exception's ``status`` (400-599, as :class:`trainer.wire.WireError` carries it) is honoured, so bad
+input reads as a client error locally.
 
 The runtime route answers like SageMaker Runtime, so unchanged boto3 ``invoke_endpoint`` and the
 SDK's predictors work against it: the container's body and Content-Type with
@@ -39,6 +40,8 @@ from typing import Any, Protocol
 import flask
 import requests
 
+from trainer.wire import MEDIA_JSON
+
 log = logging.getLogger(__name__)
 
 # The container's request context, field for field (tfs_utils.py).
@@ -48,8 +51,8 @@ Context = namedtuple(
     "custom_attributes, request_content_type, accept_header, content_length",
 )
 CUSTOM_ATTRIBUTES_HEADER = "X-Amzn-SageMaker-Custom-Attributes"
-DEFAULT_CONTENT_TYPE = "application/json"
-DEFAULT_ACCEPT = "application/json"
+DEFAULT_CONTENT_TYPE = MEDIA_JSON
+DEFAULT_ACCEPT = MEDIA_JSON
 PRODUCTION_VARIANT = "AllTraffic"
 Handler = Callable[[Any, Context], tuple[bytes, str]]
 
@@ -123,7 +126,8 @@ def load_handlers(code_dir: Path | None) -> Handlers:
 
 
 def _error_status(err: Exception) -> int:
-    status = getattr(err, "status_code", None)
+    # Read by name, not isinstance: the model's code/inference.py may carry its own trainer.wire.
+    status = getattr(err, "status", None)
     return status if isinstance(status, int) and 400 <= status <= 599 else 500
 
 

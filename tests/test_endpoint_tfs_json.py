@@ -1,4 +1,4 @@
-"""serving/tfs_json.py: TF Serving's REST JSON (row and columnar, b64 in and out, its error texts)."""
+"""local_aws/endpoint/tfs_json.py: TF Serving's REST JSON (rows, columns, b64 in and out, error texts)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from serving.tfs_json import InputSpec, RestError, format_predict_response, parse_predict_request
+from local_aws.endpoint.tfs_json import InputSpec, format_predict_response, parse_predict_request
+from trainer.wire import WireError
 
 STRING = InputSpec(np.dtype(object), (None,))
 IMAGES = InputSpec(np.dtype(np.float32), (None, None, None, 3))
@@ -18,7 +19,7 @@ SIGNATURES = {"": {"image_bytes": STRING}, "two": {"a": IMAGES, "b": InputSpec(n
 def parse(document: object) -> object:
     def specs(name: str) -> dict[str, InputSpec]:
         if name not in SIGNATURES:
-            raise RestError(f"no signature {name}")
+            raise WireError(f"no signature {name}")
         return SIGNATURES[name]
 
     return parse_predict_request(json.dumps(document).encode(), specs)
@@ -64,7 +65,7 @@ def test_rows_and_columns_with_b64() -> None:
     ],
 )
 def test_malformed_requests_get_tf_servings_messages(document: object, message: str) -> None:
-    with pytest.raises(RestError) as err:
+    with pytest.raises(WireError) as err:
         parse(document)
     assert message in str(err.value)
     assert err.value.status == 400

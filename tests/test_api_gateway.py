@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving import gateway
-from trainer.data.rle import rle_decode
+from local_aws import api_gateway as gateway
+from trainer.wire import rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 CARVANA = Path(sys.executable).with_name("carvana")

@@ -12,15 +12,16 @@ Lambda's 6 MB event limits. Its answer (``statusCode``, ``headers``, ``body``,
 
 works against the local endpoint (``carvana serve``). The handler runs in this process and reads
 this process's environment: set ``ENDPOINT_NAME`` and ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` (and
-AWS credentials, any value for a local endpoint) before starting the gateway. Unlike
-``sam local`` it does not run the handler in a Lambda container, so it does not catch imports the
-Lambda runtime lacks; the handler's own tests do.
+AWS credentials, any value for a local endpoint) before starting the gateway. As in the Lambda
+runtime, the handler's folder goes on ``sys.path`` (its sibling modules import), and ``trainer.wire``
+comes from this checkout, where the Lambda package has its copy. Unlike ``sam local`` it does not
+run the handler in a Lambda container, so it does not catch imports the Lambda runtime lacks; the
+Lambda's tests do, on the built package.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import concurrent.futures
 import importlib.util
 import json
@@ -38,12 +39,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-MB = 1024 * 1024
+from trainer.wire import LAMBDA_PAYLOAD_LIMIT, MB, MEDIA_JSON, WireError, b64decode, b64encode, media_type
+
 API_GATEWAY_REQUEST_LIMIT = 10 * MB  # API Gateway rejects larger requests with 413
-LAMBDA_EVENT_LIMIT = 6 * MB  # a synchronous Lambda invocation's event, base64 body included
+LAMBDA_EVENT_LIMIT = LAMBDA_PAYLOAD_LIMIT  # a synchronous invocation's event, base64 body included
 TEXT_MEDIA_TYPES = (
     "text/",
-    "application/json",
+    MEDIA_JSON,
     "application/xml",
     "application/javascript",
     "application/x-www-form-urlencoded",
@@ -95,9 +97,16 @@ class GatewayConfig:
 
 
 def load_handler(path: Path, function: str) -> Callable[[dict[str, Any], Any], Any]:
-    """Import ``function`` from the file at ``path`` (``lambda`` is a keyword, so not by package)."""
+    """Import ``function`` from the file at ``path`` (``lambda`` is a keyword, so not by package).
+
+    The file's folder goes first on ``sys.path``, as the Lambda runtime puts the package root there,
+    so the handler's sibling modules import as they do on AWS.
+    """
     if not path.is_file():
         raise GatewayError(f"handler file {path} does not exist (expected e.g. lambda/handler.py)")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     name = f"lambda_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
@@ -151,13 +160,13 @@ class HttpRequest:
 
 def encode_body(body: bytes, content_type: str) -> tuple[str, bool]:
     """The event's ``body`` and ``isBase64Encoded``: text types as text, everything else base64."""
-    media = content_type.split(";")[0].strip().lower()
+    media, _ = media_type(content_type)
     if media.startswith(TEXT_MEDIA_TYPES) or media.endswith(("+json", "+xml")):
         try:
             return body.decode("utf-8"), False
         except UnicodeDecodeError:
             pass
-    return base64.b64encode(body).decode("ascii"), True
+    return b64encode(body), True
 
 
 def _request_time(now: float) -> str:
@@ -278,7 +287,7 @@ class HttpResponse:
 def message_response(status: int, message: str) -> HttpResponse:
     """API Gateway's own answers (no route, too large, handler failure): ``{"message": ...}``."""
     body = json.dumps({"message": message}).encode()
-    return HttpResponse(status, [("Content-Type", "application/json")], body)
+    return HttpResponse(status, [("Content-Type", MEDIA_JSON)], body)
 
 
 def proxy_response(result: object, payload_format: str) -> HttpResponse:
@@ -290,19 +299,19 @@ def proxy_response(result: object, payload_format: str) -> HttpResponse:
     if not isinstance(result, dict) or "statusCode" not in result:
         if payload_format == "1.0":
             return message_response(502, "Internal server error")
-        return HttpResponse(200, [("Content-Type", "application/json")], json.dumps(result).encode())
+        return HttpResponse(200, [("Content-Type", MEDIA_JSON)], json.dumps(result).encode())
     body = result.get("body") or ""
     try:
-        raw = base64.b64decode(body, validate=True) if result.get("isBase64Encoded") else str(body).encode()
+        raw = b64decode(body, "body") if result.get("isBase64Encoded") else str(body).encode()
         status = int(result["statusCode"])
-    except (ValueError, TypeError):
+    except (WireError, ValueError, TypeError):
         return message_response(502, "Internal server error")
     headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
     for name, values in (result.get("multiValueHeaders") or {}).items():
         headers += [(str(name), str(v)) for v in values]
     headers += [("Set-Cookie", str(c)) for c in result.get("cookies") or []]
     if not any(k.lower() == "content-type" for k, _ in headers):
-        headers.append(("Content-Type", "application/json"))
+        headers.append(("Content-Type", MEDIA_JSON))
     return HttpResponse(status, headers, raw)
 
 

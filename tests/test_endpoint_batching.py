@@ -1,4 +1,5 @@
-"""serving/batching.py: concurrent requests merged into one model call, each caller getting its own rows."""
+"""local_aws/endpoint/batching.py: concurrent requests merged into one model call, each caller getting
+its own rows."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, BatchingConfig
+from local_aws.endpoint.batching import Batcher, BatchingConfig
 
 
 class Model:

@@ -29,9 +29,10 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from PIL import Image
 
-from serving import server
-from serving.batching import BatchingConfig
-from trainer.data.rle import rle_decode
+from local_aws.endpoint import server
+from local_aws.endpoint.batching import BatchingConfig
+from local_aws.endpoint.process import EndpointStartError
+from trainer.wire import ENDPOINT_PAYLOAD_LIMIT, rle_decode
 
 CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -180,7 +181,7 @@ def test_model_status_and_metadata(served_endpoint: str) -> None:
     metadata = requests.get(f"{served_endpoint}/v1/models/unet/versions/1/metadata", timeout=10).json()
     assert metadata["model_spec"] == {"name": "unet", "signature_name": "", "version": "1"}
     signatures = metadata["metadata"]["signature_def"]["signature_def"]
-    assert {"serving_default", "mask_png", "predict_images"} <= set(signatures)
+    assert {"serving_default", "mask_png", "mask_png_tta", "predict_images"} <= set(signatures)
     mask_png = signatures["mask_png"]
     assert mask_png["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert set(mask_png["outputs"]) == {"mask_png_bytes", "height", "width", "car_fraction"}
@@ -334,10 +335,10 @@ def test_bad_input_is_4xx_with_its_message(
 def test_oversized_request_is_413_and_the_server_keeps_serving(
     served_endpoint: str, photo: bytes, reference_mask: np.ndarray
 ) -> None:
-    body = photo + bytes(server.SAGEMAKER_PAYLOAD_LIMIT)
+    body = photo + bytes(ENDPOINT_PAYLOAD_LIMIT)
     response = invocations(served_endpoint, body)
     assert response.status_code == 413
-    assert f"over the limit of {server.SAGEMAKER_PAYLOAD_LIMIT} bytes" in response.json()["error"]
+    assert f"over the limit of {ENDPOINT_PAYLOAD_LIMIT} bytes" in response.json()["error"]
 
     with pytest.raises(ClientError) as err:
         runtime_client(served_endpoint).invoke_endpoint(EndpointName="e", Body=body, ContentType="image/jpeg")
@@ -440,5 +441,5 @@ def test_a_model_that_cannot_load_is_reported_by_ping(endpoint_factory, tmp_path
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(Path(__file__), arcname="code/inference.py")
     expected = r"cannot serve .*model.tar.gz: .*no SavedModel found"
-    with pytest.raises(RuntimeError, match=expected), endpoint_factory(archive, log_dir=tmp_path):
+    with pytest.raises(EndpointStartError, match=expected), endpoint_factory(archive, log_dir=tmp_path):
         pass

@@ -20,12 +20,11 @@ from typing import Any
 import flask
 import numpy as np
 import tensorflow as tf
-from google.protobuf import json_format
-from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.batching import Batcher, BatchingConfig
-from serving.tfs_json import InputSpec, RestError, format_predict_response, parse_predict_request
-from trainer.saved_model_io import MODEL_NAME
+from local_aws.endpoint.batching import Batcher, BatchingConfig
+from local_aws.endpoint.tfs_json import InputSpec, format_predict_response, parse_predict_request
+from trainer.saved_model_io import op_error_text, signature_defs
+from trainer.wire import MODEL_NAME, WireError
 
 log = logging.getLogger(__name__)
 
@@ -57,24 +56,6 @@ def model_identity(folder: Path) -> tuple[str, int]:
     return MODEL_NAME, 1
 
 
-def signature_defs(folder: Path) -> dict[str, Any]:
-    """The signature defs as TF Serving's metadata call prints them (proto field names, defaults)."""
-    saved_model = saved_model_pb2.SavedModel()
-    saved_model.ParseFromString((folder / "saved_model.pb").read_bytes())
-    return {
-        name: json_format.MessageToDict(
-            signature, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        for name, signature in saved_model.meta_graphs[0].signature_def.items()
-    }
-
-
-def _op_error_text(message: str) -> str:
-    """TF's eager error text without the Python-side preamble and op name TF Serving never shows."""
-    _, marker, rest = message.partition("<stack traces unavailable>\n")
-    return re.sub(r" \[Op:[^\]]*\]$", "", (rest if marker else message).strip())
-
-
 def _input_spec(spec: tf.TensorSpec) -> InputSpec:
     dtype = np.dtype(object) if spec.dtype == tf.string else np.dtype(spec.dtype.as_numpy_dtype)
     return InputSpec(dtype, tuple(spec.shape.as_list()) if spec.shape.rank is not None else ())
@@ -94,7 +75,7 @@ class LoadedModel:
         self.signature_defs = signature_defs(folder)
 
     def run(self, signature: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Call one signature; TF errors become RestError with TF Serving's status code."""
+        """Call one signature; TF errors become WireError with TF Serving's status code."""
         fn = self.signatures[signature]
         for name, value in inputs.items():
             spec = self.input_specs[signature][name]
@@ -102,7 +83,7 @@ class LoadedModel:
                 want is not None and want != got for want, got in zip(spec.shape, value.shape, strict=True)
             ):
                 shape = ",".join("-1" if dim is None else str(dim) for dim in spec.shape)
-                raise RestError(
+                raise WireError(
                     f"input '{name}' of signature '{signature}' has shape {list(value.shape)}, "
                     f"expected [{shape}] (-1: any size)"
                 )
@@ -111,10 +92,10 @@ class LoadedModel:
             outputs = fn(**tensors)
         except tf.errors.OpError as err:
             status = next((code for cls, code in _TF_ERROR_STATUS if isinstance(err, cls)), 500)
-            raise RestError(_op_error_text(err.message), status) from None
+            raise WireError(op_error_text(err.message), status) from None
         except (TypeError, ValueError) as err:
             # Shape or dtype outside the signature's TensorSpec, caught by the function call itself.
-            raise RestError(f"input does not fit signature {signature!r}: {err}") from None
+            raise WireError(f"input does not fit signature {signature!r}: {err}") from None
         return {name: tensor.numpy() for name, tensor in outputs.items()}
 
 
@@ -157,24 +138,24 @@ class ModelServer:
 
     def _require(self, name: str, version: str | None, label: str | None) -> LoadedModel:
         if label:
-            raise RestError(f"Unrecognized servable version label: {label}", 404)
+            raise WireError(f"Unrecognized servable version label: {label}", 404)
         if (
             self._model is None
             or name != self.name
             or (version is not None and int(version) != self.version)
         ):
             request = f"Specific({name}, {int(version)})" if version is not None else f"Latest({name})"
-            raise RestError(f"Servable not found for request: {request}", 404)
+            raise WireError(f"Servable not found for request: {request}", 404)
         return self._model
 
     def _specs(self, model: LoadedModel, signature_name: str) -> Mapping[str, InputSpec]:
         name = signature_name or DEFAULT_SIGNATURE
         if name not in model.signatures:
-            raise RestError(f'Serving signature name: "{name}" not found in signature def')
+            raise WireError(f'Serving signature name: "{name}" not found in signature def')
         return model.input_specs[name]
 
     def predict(self, body: bytes, name: str, version: str | None = None, label: str | None = None) -> bytes:
-        """A ``:predict`` call: JSON request in, JSON response out (RestError on failure)."""
+        """A ``:predict`` call: JSON request in, JSON response out (WireError on failure)."""
         model = self._require(name, version, label)
         request = parse_predict_request(body, lambda signature: self._specs(model, signature))
         signature = request.signature_name or DEFAULT_SIGNATURE
@@ -214,7 +195,7 @@ class ModelServer:
             if method == "POST" and (match := PREDICT_PATH.fullmatch(path)):
                 name, version, label, verb = match.groups()
                 if verb.lower() != "predict":
-                    raise RestError(
+                    raise WireError(
                         f"Expected {verb.lower()} signature method_name to be tensorflow/serving/"
                         f"{verb.lower()}. Was: {PREDICT_METHOD}"
                     )
@@ -222,12 +203,12 @@ class ModelServer:
             if method == "GET" and (match := STATUS_PATH.fullmatch(path)):
                 name, version, label, subresource = match.groups()
                 if not name:
-                    raise RestError("Missing model name in request.")
+                    raise WireError("Missing model name in request.")
                 if subresource:
                     return 200, json.dumps(self.metadata(name, version, label), indent=1).encode()
                 return 200, json.dumps(self.status(name, version, label), indent=1).encode()
-            raise RestError(f"Malformed request: {method} {path}")
-        except RestError as err:
+            raise WireError(f"Malformed request: {method} {path}")
+        except WireError as err:
             return err.status, json.dumps({"error": str(err)}).encode()
 
 

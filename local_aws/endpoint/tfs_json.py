@@ -9,8 +9,6 @@ requests. Pure NumPy: the model side hands in input specs and gets arrays back.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,15 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from trainer.wire import WireError, b64decode, b64encode
+
 BYTES_SUFFIX = "_bytes"
-
-
-class RestError(Exception):
-    """A request TF Serving would refuse; answered as ``{"error": message}`` with ``status``."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -68,11 +60,10 @@ def _is_b64(value: Any) -> bool:
 
 
 def _decode_b64(value: dict[str, str]) -> bytes:
-    text = value["b64"]
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise RestError("Unable to base64 decode") from None
+        return b64decode(value["b64"], "b64")
+    except WireError:
+        raise WireError("Unable to base64 decode") from None  # TF Serving's own words
 
 
 def _shape_of(value: Any) -> tuple[int, ...]:
@@ -100,7 +91,7 @@ def _leaf(value: Any, spec: InputSpec, tf_dtype: str) -> Any:
             return value
     elif isinstance(value, int | float) and not isinstance(value, bool):
         return value
-    raise RestError(
+    raise WireError(
         f"JSON Value: {_short(value)} Type: {_type_name(value)} is not of expected type: {tf_dtype}"
     )
 
@@ -118,16 +109,16 @@ def to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
     def walk(item: Any, level: int) -> None:
         if not isinstance(item, list):
             if level != len(shape):
-                raise RestError(
+                raise WireError(
                     f"JSON Value: {_short(item)} found at incorrect level: {level + 1} in the JSON DOM. "
                     f"Expected at level: {len(shape)}"
                 )
             flat.append(_leaf(item, spec, tf_dtype))
             return
         if level >= len(shape):
-            raise RestError(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+            raise WireError(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
         if len(item) != shape[level]:
-            raise RestError(
+            raise WireError(
                 f"Encountered list at unexpected size: {len(item)} at level: {level} "
                 f"expected size: {shape[level]}"
             )
@@ -139,21 +130,21 @@ def to_tensor(value: Any, spec: InputSpec) -> np.ndarray:
     try:
         array[:] = flat
     except (OverflowError, ValueError) as err:
-        raise RestError(f"JSON Value out of range for type {tf_dtype}: {err}") from None
+        raise WireError(f"JSON Value out of range for type {tf_dtype}: {err}") from None
     return array.reshape(shape)
 
 
 def _parse_document(body: bytes) -> dict[str, Any]:
     if not body:
-        raise RestError("JSON Parse error: The document is empty")
+        raise WireError("JSON Parse error: The document is empty")
     try:
         document = json.loads(body)
     except UnicodeDecodeError as err:
-        raise RestError(f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
+        raise WireError(f"JSON Parse error: Invalid encoding in string. at offset: {err.start}") from None
     except json.JSONDecodeError as err:
-        raise RestError(f"JSON Parse error: {err.msg} at offset: {err.pos}") from None
+        raise WireError(f"JSON Parse error: {err.msg} at offset: {err.pos}") from None
     if not isinstance(document, dict):
-        raise RestError(f"JSON Value: {_short(document)} Is not object")
+        raise WireError(f"JSON Value: {_short(document)} Is not object")
     return document
 
 
@@ -161,7 +152,7 @@ def _rows(instances: list[Any], specs: Mapping[str, InputSpec]) -> dict[str, np.
     """``"instances"``: a list of values (one input) or of objects keyed by input name."""
     named = isinstance(instances[0], dict) and not _is_b64(instances[0])
     if not named and len(specs) > 1:
-        raise RestError(
+        raise WireError(
             "instances is a plain list, but expecting list of objects as multiple input tensors "
             "required as per tensorinfo_map"
         )
@@ -170,28 +161,28 @@ def _rows(instances: list[Any], specs: Mapping[str, InputSpec]) -> dict[str, np.
         is_object = isinstance(item, dict) and not _is_b64(item)
         if named != is_object:
             kind = "object but got list" if named else "value/list but got object"
-            raise RestError(f"Expecting {kind} at item {index} of input list")
+            raise WireError(f"Expecting {kind} at item {index} of input list")
         values = item if named else {next(iter(specs)): item}
         for name, value in values.items():
             if name not in specs:
-                raise RestError(
+                raise WireError(
                     f"Failed to process element: {index} key: {name} of 'instances' list. Error: "
                     f"Invalid argument: JSON object: does not have named input: {name}"
                 )
             try:
                 tensor = to_tensor(value, specs[name])
-            except RestError as err:
+            except WireError as err:
                 where = f"{index} key: {name}" if named else f"{index}"
-                raise RestError(
+                raise WireError(
                     f"Failed to process element: {where} of 'instances' list. Error: Invalid argument: {err}"
                 ) from None
             if columns[name] and columns[name][0].shape != tensor.shape:
-                raise RestError(
+                raise WireError(
                     f"Expecting shape {list(columns[name][0].shape)} but got: {list(tensor.shape)}"
                 )
             columns[name].append(tensor)
         if named and set(values) != set(specs):
-            raise RestError(
+            raise WireError(
                 f"Failed to process element: {index} of 'instances' list. JSON object: {_short(item)} "
                 f"must only have keys: {','.join(sorted(specs))}"
             )
@@ -202,7 +193,7 @@ def _columns(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.ndarra
     """``"inputs"``: one value (one input) or an object keyed by input name."""
     if not isinstance(inputs, dict) or _is_b64(inputs):
         if len(specs) > 1:
-            raise RestError(
+            raise WireError(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors "
                 "required as per tensorinfo_map"
             )
@@ -211,7 +202,7 @@ def _columns(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.ndarra
     tensors = {}
     for name, spec in specs.items():
         if name not in inputs:
-            raise RestError(f"Missing named input: {name} in 'inputs' object.")
+            raise WireError(f"Missing named input: {name} in 'inputs' object.")
         tensors[name] = to_tensor(inputs[name], spec)
     return tensors
 
@@ -219,37 +210,37 @@ def _columns(inputs: Any, specs: Mapping[str, InputSpec]) -> dict[str, np.ndarra
 def parse_predict_request(
     body: bytes, input_specs: Callable[[str], Mapping[str, InputSpec]]
 ) -> PredictRequest:
-    """Parse a ``:predict`` body; ``input_specs(signature_name)`` raises RestError when unknown."""
+    """Parse a ``:predict`` body; ``input_specs(signature_name)`` raises WireError when unknown."""
     document = _parse_document(body)
     signature_name = document.get("signature_name", "")
     if not isinstance(signature_name, str):
-        raise RestError(
+        raise WireError(
             f"JSON Value: {_short(document)} not formatted correctly. 'signature_name' key must be a "
             "string value."
         )
     specs = input_specs(signature_name)
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
-        raise RestError(
+        raise WireError(
             f"JSON Value: {_short(document)} Not formatted correctly expecting only one of 'inputs' or "
             "'instances' keys to exist "
         )
     if has_instances:
         instances = document["instances"]
         if not isinstance(instances, list):
-            raise RestError(f"JSON Value: {_short(document)} Excepting 'instances' to be an list/array")
+            raise WireError(f"JSON Value: {_short(document)} Excepting 'instances' to be an list/array")
         if not instances:
-            raise RestError(f"JSON Value: {_short(document)} No values in 'instances' array")
+            raise WireError(f"JSON Value: {_short(document)} No values in 'instances' array")
         return PredictRequest(signature_name, _rows(instances, specs), row_format=True)
     if has_inputs:
         return PredictRequest(signature_name, _columns(document["inputs"], specs), row_format=False)
-    raise RestError("Missing 'inputs' or 'instances' key")
+    raise WireError("Missing 'inputs' or 'instances' key")
 
 
 def _leaf_json(value: Any, as_b64: bool) -> str:
     if isinstance(value, bytes):
         if as_b64:
-            return '{"b64": "' + base64.b64encode(value).decode("ascii") + '"}'
+            return '{"b64": "' + b64encode(value) + '"}'
         return json.dumps(value.decode("utf-8", errors="replace"))
     if isinstance(value, np.bool_ | bool):
         return "true" if value else "false"
@@ -288,7 +279,7 @@ def tensor_json(array: np.ndarray, as_b64: bool = False) -> str:
 def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool) -> bytes:
     """``{"predictions": [...]}`` (row) or ``{"outputs": ...}`` (columnar), as TF Serving writes them."""
     if not outputs:
-        raise RestError("Cannot convert empty tensor map to JSON")
+        raise WireError("Cannot convert empty tensor map to JSON")
     single = len(outputs) == 1
     if not row_format:
         parts = {name: tensor_json(t, name.endswith(BYTES_SUFFIX)) for name, t in outputs.items()}
@@ -299,11 +290,11 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
     batch = None
     for name, tensor in outputs.items():
         if tensor.ndim == 0:
-            raise RestError(f"Tensor name: {name} has no shape information ")
+            raise WireError(f"Tensor name: {name} has no shape information ")
         if tensor.shape[0] < 1:
-            raise RestError(f"Tensor name: {name} has invalid batch size: {tensor.shape[0]}")
+            raise WireError(f"Tensor name: {name} has invalid batch size: {tensor.shape[0]}")
         if batch is not None and tensor.shape[0] != batch:
-            raise RestError(
+            raise WireError(
                 f"Tensor name: {name} has inconsistent batch size: {tensor.shape[0]} expecting: {batch}"
             )
         batch = tensor.shape[0]

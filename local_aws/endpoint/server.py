@@ -3,9 +3,9 @@ Serving itself and like SageMaker Runtime, for one exported SavedModel (folder o
 
 Routes (one port, 127.0.0.1 by default):
   GET  /ping                                 200 once the model is loaded, else 503 with the reason
-  POST /invocations                          the model's inference.py handlers (serving.container)
+  POST /invocations                          the model's inference.py handlers (container.py)
   POST /endpoints/<name>/invocations         SageMaker Runtime's InvokeEndpoint, for boto3 / the SDK
-  GET|POST /v1/models/...  (and /tfs/v1/...) TF Serving's REST API (serving.model_server)
+  GET|POST /v1/models/...  (and /tfs/v1/...) TF Serving's REST API (model_server.py)
 The handlers reach TF Serving over real HTTP, as in the container: each worker also runs TF Serving's
 REST API on a private 127.0.0.1 port, so a handler waiting on the model never holds the thread the
 model call needs.
@@ -15,6 +15,7 @@ background, so /ping answers 503 while it loads), a request size limit (413 with
 optional batching (SAGEMAKER_TFS_ENABLE_BATCHING, _MAX_BATCH_SIZE, _BATCH_TIMEOUT_MICROS), graceful
 shutdown on SIGTERM (in-flight requests finish) and one log line per request with its latency.
 TensorFlow is imported only in the workers: a TF runtime does not survive fork().
+``local_aws.endpoint.process`` starts it in a subprocess and waits for ``/ping``.
 """
 
 from __future__ import annotations
@@ -24,29 +25,24 @@ import contextlib
 import json
 import logging
 import os
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import flask
-import requests
 from gunicorn.app.base import BaseApplication
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
-from serving.batching import BatchingConfig
-from serving.container import Container, container_blueprint, load_handlers
+from local_aws.endpoint.batching import BatchingConfig
+from local_aws.endpoint.container import Container, container_blueprint, load_handlers
+from trainer.wire import ENDPOINT_PAYLOAD_LIMIT
 
 log = logging.getLogger("carvana.serve")
-
-# SageMaker real-time endpoints refuse bodies over 6 MB; the local endpoint holds callers to it.
-SAGEMAKER_PAYLOAD_LIMIT = 6 * 1024 * 1024
 
 
 def _positive(value: str) -> int:
@@ -65,7 +61,7 @@ class ServeConfig:
     port: int = 8080
     workers: int = 1
     threads: int = 8
-    max_request_bytes: int = SAGEMAKER_PAYLOAD_LIMIT
+    max_request_bytes: int = ENDPOINT_PAYLOAD_LIMIT
     endpoint_name: str | None = None
     model_name: str | None = None
     timeout_s: int = 120
@@ -142,7 +138,7 @@ class EndpointState:
 
     def __init__(self, config: ServeConfig) -> None:
         # Imported here, in the worker after the fork, so the gunicorn master never starts TensorFlow.
-        from serving.model_server import ModelServer, tfs_blueprint
+        from local_aws.endpoint.model_server import ModelServer, tfs_blueprint
 
         self.config = config
         self.model_server = ModelServer(config.batching)
@@ -158,7 +154,7 @@ class EndpointState:
         threading.Thread(target=self._load, name="model-load", daemon=True).start()
 
     def _load(self) -> None:
-        from serving.model_server import model_identity
+        from local_aws.endpoint.model_server import model_identity
         from trainer.saved_model_io import saved_model_dir
 
         started = time.perf_counter()
@@ -257,62 +253,6 @@ def _worker_exit(_server: Any, worker: Any) -> None:
         state.close()
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for a server started just after)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:]
-
-
-@contextlib.contextmanager
-def running_endpoint(
-    model: Path,
-    *args: str,
-    port: int,
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    startup_s: float = 240.0,
-) -> Iterator[str]:
-    """``carvana serve --model MODEL --port PORT ARGS`` in a subprocess, for tests, benchmarks and demos.
-
-    Yields the base URL once ``/ping`` answers 200 (fails fast, quoting the log, if the server exits
-    or reports a load error); SIGTERM when the block ends. Output goes to ``log_path``.
-    """
-    command = [sys.executable, "-m", "serving.server", "--model", str(model), "--port", str(port), *args]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"carvana serve exited ({process.returncode}):\n{_tail(log_path)}")
-            try:
-                ping = requests.get(f"{url}/ping", timeout=2)
-                if ping.status_code == 200:
-                    break
-                if "still loading" not in ping.text:
-                    raise RuntimeError(f"carvana serve cannot serve {model}: {ping.text}")
-            except requests.RequestException:  # not listening yet, or the worker still importing
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"carvana serve not ready in {startup_s:.0f} s:\n{_tail(log_path)}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="carvana serve",
@@ -329,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
     parser.add_argument("--max-request-bytes", type=_positive,
                         help="larger bodies get 413 "
-                        f"(default $CARVANA_MAX_REQUEST_BYTES or {SAGEMAKER_PAYLOAD_LIMIT})")
+                        f"(default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})")
     parser.add_argument("--endpoint-name", help="the only name /endpoints/<name>/invocations accepts "
                         "(default: any name)")
     parser.add_argument("--model-name",

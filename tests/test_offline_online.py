@@ -1,0 +1,72 @@
+"""Offline and online are one path: ``carvana predict`` answers what the endpoint answers.
+
+Real 1918x1280 photos from ../shared/carvana (skipped when absent) go through ``carvana predict`` and,
+as the same bytes, through ``carvana serve`` over real HTTP, both with the same model.tar.gz: the
+mask PNGs must be equal pixel for pixel (the graph decodes and resizes in both), and so must the
+cut-outs, with nothing of the studio under alpha 0 in either.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from trainer import cli
+from trainer.wire import MEDIA_CUTOUT_PNG, MEDIA_MASK_PNG
+
+
+@pytest.fixture(scope="module")
+def real_photos(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Four real photos (different cars and angles), linked into a folder of their own."""
+    photos = sorted((real_data / "train").glob("*.jpg"))
+    folder = tmp_path_factory.mktemp("real-photos")
+    picked = []
+    for source in photos[:: max(len(photos) // 4, 1)][:4]:
+        link = folder / source.name
+        link.symlink_to(source.resolve())
+        picked.append(link)
+    return picked
+
+
+def pixels(data: bytes) -> tuple[str, np.ndarray]:
+    with Image.open(io.BytesIO(data)) as image:
+        return image.mode, np.asarray(image)
+
+
+def endpoint(url: str, photo: bytes, accept: str) -> bytes:
+    response = requests.post(
+        f"{url}/invocations", data=photo, timeout=120,
+        headers={"Content-Type": "image/jpeg", "Accept": accept},
+    )
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == accept
+    return response.content
+
+
+def test_predict_writes_the_endpoints_masks_and_cutouts_pixel_for_pixel(
+    real_photos: list[Path], packaged_model: Path, served_endpoint: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "predictions"
+    folder = str(real_photos[0].parent)
+    assert cli.main(["predict", folder, "--model", str(packaged_model), "--out", str(out), "--cutout"]) == 0
+
+    for photo in real_photos:
+        data = photo.read_bytes()
+        mode, online = pixels(endpoint(served_endpoint, data, MEDIA_MASK_PNG))
+        offline_mode, offline = pixels((out / f"{photo.stem}_mask.png").read_bytes())
+        assert (mode, offline_mode, offline.shape) == ("L", "L", (1280, 1918))
+        assert 0 < (online == 255).mean() < 1, "a mask of one value would make the comparison empty"
+        np.testing.assert_array_equal(offline, online)
+
+        mode, online_cutout = pixels(endpoint(served_endpoint, data, MEDIA_CUTOUT_PNG))
+        offline_mode, offline_cutout = pixels((out / f"{photo.stem}_cutout.png").read_bytes())
+        assert (mode, offline_mode) == ("RGBA", "RGBA")
+        np.testing.assert_array_equal(offline_cutout, online_cutout)
+        np.testing.assert_array_equal(offline_cutout[..., 3], offline)
+        for cutout in (offline_cutout, online_cutout):
+            assert cutout[cutout[..., 3] == 0].max() == 0  # RGB zeroed under alpha 0
