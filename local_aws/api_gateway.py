@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from trainer.command import CarvanaError
 from trainer.wire import LAMBDA_PAYLOAD_LIMIT, MB, MEDIA_JSON, WireError, b64decode, b64encode, media_type
 
 API_GATEWAY_REQUEST_LIMIT = 10 * MB  # API Gateway rejects larger requests with 413
@@ -53,7 +54,7 @@ TEXT_MEDIA_TYPES = (
 ACCOUNT_ID = "123456789012"  # what API Gateway puts in requestContext; a placeholder locally
 
 
-class GatewayError(ValueError):
+class GatewayError(CarvanaError, ValueError):
     """The gateway cannot start: a missing handler file or function, or a bad option."""
 
 

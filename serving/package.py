@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from trainer.atomic import atomic_path
+from trainer.command import CarvanaError
 from trainer.saved_model_io import ModelLoadError, find_saved_model, signature_defs
 from trainer.wire import MODEL_NAME, SIGNATURE
 
@@ -35,7 +36,7 @@ VENDORED = ("trainer/__init__.py", "trainer/wire.py")
 REQUIRED_SIGNATURE = SIGNATURE
 
 
-class PackageError(ValueError):
+class PackageError(CarvanaError, ValueError):
     """The model folder cannot be packaged; the message names the path and what was expected."""
 
 

@@ -17,6 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 # The real Carvana sample lives beside the checkout and is never copied into it.
 REAL_DATA = Path(os.environ.get("CARVANA_REAL_DATA", REPO.parent / "shared" / "carvana"))
 
+# The tiers: `make test-fast` runs `-m "not slow"` (the unit tier, under a minute); `make test` (CI)
+# runs everything. A test is slow when it needs a process or a server that takes seconds to start
+# (these fixtures), trains a model, or reads the real photos; modules that train say so themselves
+# with `pytestmark = pytest.mark.slow`.
+SLOW_FIXTURES = frozenset({"moto_server", "s3_bucket", "endpoint_factory", "served_endpoint", "real_data",
+                           "tiny_saved_model", "packaged_model", "sample_tfrecords"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: servers, training or real data (not in make test-fast)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -96,7 +97,9 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     # The job runs the product only: no launcher, nothing that imports the local stand-ins.
     code = result.job_dir / "opt" / "ml" / "code"
     assert not (code / "trainer" / "launch").exists()
-    assert [p for p in code.rglob("*.py") if "local_aws" in p.read_text()] == []
+    imports_stand_ins = re.compile(r"^\s*(from|import)\s+local_aws\b", re.MULTILINE)
+    assert [p for p in code.rglob("*.py") if imports_stand_ins.search(p.read_text())] == []
+    assert (code / "trainer" / "wire.py").is_file()
 
 
 def test_sm_variables_are_set_as_the_toolkit_sets_them(fitted) -> None:

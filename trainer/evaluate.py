@@ -28,9 +28,10 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from trainer.atomic import atomic_path, write_json
+from trainer.command import CarvanaError, UsageError, run_command
 from trainer.data.layout import DatasetError, Photo, read_mask, read_photo, scan_dataset
 from trainer.model.metrics import dice_numpy
-from trainer.saved_model_io import ModelLoadError, PhotoDecodeError, SegmentationModel, open_model, to_mask
+from trainer.saved_model_io import PhotoDecodeError, SegmentationModel, open_model, to_mask
 from trainer.wire import THRESHOLD
 
 PER_IMAGE_CSV = "per_image.csv"
@@ -41,7 +42,7 @@ FALSE_POSITIVE = np.array([255, 40, 40], dtype=np.float32)  # red
 FALSE_NEGATIVE = np.array([40, 110, 255], dtype=np.float32)  # blue
 
 
-class EvaluateError(ValueError):
+class EvaluateError(CarvanaError, ValueError):
     """Bad evaluation input (manifest, split, empty selection); the message names the file."""
 
 
@@ -316,21 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _command(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.worst < 0:
-        parser.error("--batch-size must be >= 1 and --worst >= 0")
-    try:
-        summary = evaluate(EvaluateConfig.from_args(args))
-    except (EvaluateError, DatasetError, ModelLoadError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError("--batch-size must be >= 1 and --worst >= 0")
+    summary = evaluate(EvaluateConfig.from_args(args))
     print(
         f"mean Dice {summary['mean']:.5f} (median {summary['median']:.5f}, min {summary['min']:.5f}) "
         f"over {summary['count']} images in {summary['seconds']:.1f}s; report in {args.out}"
     )
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

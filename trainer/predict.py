@@ -23,14 +23,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from trainer.atomic import atomic_path
-from trainer.saved_model_io import ModelLoadError, PhotoDecodeError, open_model
+from trainer.command import CarvanaError, UsageError, run_command
+from trainer.saved_model_io import PhotoDecodeError, open_model
 from trainer.wire import cutout_png, decode_mask_png, rle_encode
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBMISSION_NAME = "submission.csv"
 
 
-class PredictError(ValueError):
+class PredictError(CarvanaError, ValueError):
     """Bad ``carvana predict`` input; the message names the path."""
 
 
@@ -167,23 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _command(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
+        raise UsageError("--batch-size must be >= 1")
     config = PredictConfig.from_args(args)
     if not (config.masks or config.cutout or config.submission):
-        parser.error("nothing to write: --no-masks without --cutout or --submission")
+        raise UsageError("nothing to write: --no-masks without --cutout or --submission")
     started = time.perf_counter()
-    try:
-        count = predict(config)
-    except (PredictError, ModelLoadError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
+    count = predict(config)
     where = f"{config.out}" + (f", submission {config.submission}" if config.submission else "")
     print(f"predicted {count} photo(s) in {time.perf_counter() - started:.1f}s -> {where}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

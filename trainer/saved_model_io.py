@@ -27,6 +27,8 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
+from trainer.command import CarvanaError
+
 # Probabilities strictly above THRESHOLD are car: the exported "mask" output's own rule, so a mask
 # from here equals the endpoint's.
 from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE, decode_mask_png
@@ -35,11 +37,11 @@ from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNA
 IMAGES_SIGNATURE = "predict_images"
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(CarvanaError, ValueError):
     """``--model`` does not point at a loadable SavedModel; the message names the path."""
 
 
-class PhotoDecodeError(ValueError):
+class PhotoDecodeError(CarvanaError, ValueError):
     """The graph cannot decode one photo of a batch: ``index`` says which, the message why."""
 
     def __init__(self, index: int, message: str) -> None:

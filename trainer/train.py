@@ -14,6 +14,7 @@ paths from ``SM_*`` variables or flags (see ``trainer.training.config``). A run
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from trainer.data.layout import DatasetError
+from trainer.command import run_command
 from trainer.data.pipeline import PipelineConfig, count_examples, make_dataset
 from trainer.export import export_saved_model
 from trainer.model.losses import bce_dice_loss
@@ -31,7 +32,6 @@ from trainer.model.metrics import DiceMetric, IoUMetric
 from trainer.model.unet import build_unet
 from trainer.training.callbacks import (
     Checkpointer,
-    CheckpointError,
     EpochLogger,
     HistoryWriter,
     MaskPreview,
@@ -43,8 +43,8 @@ from trainer.training.callbacks import (
     restore_checkpoint,
     write_history,
 )
-from trainer.training.config import ConfigError, TrainConfig, parse_config
-from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig, NonFiniteLossError
+from trainer.training.config import TrainConfig, build_parser
+from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig
 from trainer.training.runtime import make_strategy, use_mixed_precision
 
 # Monitored by early stopping and learning-rate reduction: smoother than val_dice epoch to epoch.
@@ -288,18 +288,14 @@ def train(config: TrainConfig) -> TrainResult:
     return TrainResult(state.epoch, stop_reason, state.best_value, export_dir)
 
 
+def _command(args: argparse.Namespace) -> int:
+    train(TrainConfig.from_args(args))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train and export; exit 0 on success or a clean SIGTERM stop, 1 on divergence, 2 on bad input."""
-    try:
-        config = parse_config(argv)
-        train(config)
-    except (ConfigError, DatasetError, CheckpointError) as err:
-        print(f"carvana train: error: {err}", file=sys.stderr, flush=True)
-        return 2
-    except NonFiniteLossError as err:
-        print(f"carvana train: error: training diverged ({err}); see the debugger report", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(build_parser(), _command, argv, ignore_unknown=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ import numpy as np
 from PIL import Image
 
 from trainer.atomic import atomic_path
-from trainer.data.layout import DatasetError, parse_size
+from trainer.command import UsageError, run_command
+from trainer.data.layout import parse_size
 
 TINT = np.array([1.0, 0.1, 0.1], np.float32)
 OUTLINE = np.array([1.0, 0.9, 0.0], np.float32)
@@ -135,22 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _command(args: argparse.Namespace) -> int:
     try:
         config = PreviewConfig.from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        raise UsageError(str(exc)) from None
     if config.count < 1:
-        parser.error(f"--count must be at least 1, got {config.count}")
-    try:
-        out = preview(config)
-    except DatasetError as exc:
-        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--count must be at least 1, got {config.count}")
+    out = preview(config)
     print(f"wrote {out} ({config.count} photos from {config.folder}, masks overlaid)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(build_parser(), _command, argv)
 
 
 if __name__ == "__main__":

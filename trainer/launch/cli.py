@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from trainer.command import run_command
 from trainer.launch.backends import (
     BACKENDS,
     DEFAULT_PORT,
@@ -338,20 +339,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: carvana {{{','.join(COMMANDS)}}} --backend local|sagemaker ...", file=sys.stderr)
         return 2
     command = argv[0]
-    args = build_parser(command).parse_args(argv[1:])
-    try:
+
+    def body(args: argparse.Namespace) -> int:
         backend = make_backend(args.backend, work=args.work, settings=_settings(args),
                                port=getattr(args, "port", DEFAULT_PORT))
         return {"fit": run_fit, "tune": run_tune, "deploy": run_deploy}[command](args, backend)
-    except LaunchError as err:
-        print(f"carvana {command}: error: {err}", file=sys.stderr)
-        return 2
-    except JobFailedError as err:
-        print(f"carvana {command}: job failed: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"carvana {command}: interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(build_parser(command), body, argv[1:])
 
 
 if __name__ == "__main__":

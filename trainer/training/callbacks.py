@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from trainer.atomic import atomic_path, write_json
+from trainer.command import CarvanaError
 from trainer.training.plots import plot_training_curves
 
 STATE_NAME = "state.json"
@@ -37,7 +38,7 @@ BEST_METRIC = "val_dice"
 RESUMABLE_ATTRIBUTES = ("wait", "best", "best_epoch", "cooldown_counter")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CarvanaError, ValueError):
     """The checkpoint folder holds a state that cannot be resumed; the message names the file."""
 
 

@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from trainer.command import parse_arguments
+from trainer.data import layout
 from trainer.model.shape import UPSAMPLING_MODES, check_input_size
 from trainer.training.hyperparameters import (
     POSITIVE,
@@ -39,14 +41,11 @@ VERBOSE_MODES = ("auto", "0", "1", "2")
 
 
 def parse_size(value: str) -> tuple[int, int]:
-    """``"256x384"`` -> ``(256, 384)``: height x width, as everywhere in the project."""
+    """``--image-size``'s reader: the project's one size syntax, with the error argparse shows."""
     try:
-        height, width = (int(part) for part in value.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 256x384, got {value!r}") from None
-    if height <= 0 or width <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive HEIGHTxWIDTH, got {value!r}")
-    return height, width
+        return layout.parse_size(value)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_profile_batches(value: str) -> tuple[int, int] | None:
@@ -311,7 +310,4 @@ def parse_config(argv: Sequence[str] | None, environ: Mapping[str, str] | None =
     Unknown arguments are reported and ignored: SageMaker and its tuner may pass hyperparameters
     this script does not use, and failing the whole job over one would waste it.
     """
-    args, unknown = build_parser().parse_known_args(argv)
-    if unknown:
-        print(f"carvana train: ignoring unknown arguments {' '.join(unknown)}", flush=True)
-    return TrainConfig.from_args(args, environ)
+    return TrainConfig.from_args(parse_arguments(build_parser(), argv, ignore_unknown=True), environ)

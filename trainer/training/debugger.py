@@ -21,12 +21,15 @@ import keras
 import tensorflow as tf
 
 from trainer.atomic import write_json
+from trainer.command import CarvanaError
 
 REPORT_NAME = "debugger-report.json"
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(CarvanaError, RuntimeError):
     """The training loss became NaN or infinite; training stopped at that step."""
+
+    exit_code = 1  # the run diverged: not a usage mistake
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,9 @@ class NonFiniteLoss(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             message = f"training loss is {loss} at step {batch + 1}: stopping"
             self.debugger.record("nonfinite_loss", self.epoch, message, step=batch + 1, loss=str(loss))
-            raise NonFiniteLossError(f"epoch {self.epoch}: {message}")
+            raise NonFiniteLossError(
+                f"training diverged at epoch {self.epoch}: {message}; see the debugger report"
+            )
 
 
 class LossNotDecreasing(keras.callbacks.Callback):

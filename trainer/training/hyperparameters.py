@@ -21,10 +21,12 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trainer.command import CarvanaError
+
 HyperValue = str | int | float | bool  # what a SageMaker HyperParameters dict holds
 
 
-class ConfigError(ValueError):
+class ConfigError(CarvanaError, ValueError):
     """A hyperparameter or path is unusable; the message names the flag and what was expected."""
 
 
