@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 CARVANA_DATA ?=
 DEMO   ?= demo
 
-.PHONY: venv test lint demo demo-data demo-train demo-evaluate demo-serve clean
+.PHONY: venv test test-fast lint demo demo-data demo-train demo-evaluate demo-serve clean
 
 venv: $(STAMP)
 
@@ -19,11 +19,18 @@ $(STAMP): setup.py
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Lint: ruff's rules, ruff's format, and mypy over the packages (each setting in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q
+
+# The unit tier (about a minute): no servers, no training, no real photos (tests/conftest.py decides).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The whole job on the embedded default (a synthetic sample; CARVANA_DATA=/path uses Kaggle's layout):
 # data -> TFRecords -> a local training job -> evaluation -> masks and cut-outs -> endpoint -> Lambda.

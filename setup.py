@@ -25,6 +25,7 @@ EXTRAS = {
     "dev": [
         "pytest>=8",
         "ruff>=0.5",
+        "mypy>=1.11",
         "moto[server]>=5.0",
         "nbclient>=0.10",
         "nbformat>=5.10",

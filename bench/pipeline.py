@@ -35,15 +35,23 @@ DEFAULT_DATA = Path(
 )
 
 
+def _mask_path(photo: Photo) -> Path:
+    """The benchmark reads labeled photos only (scan_dataset of a train/ folder with its masks)."""
+    if photo.mask_path is None:
+        raise SystemExit(f"{photo.image_path}: no mask (the benchmark needs train_masks/)")
+    return photo.mask_path
+
+
 def pil_loader(photos: list[Photo], size: tuple[int, int]) -> float:
     """Seconds to load every photo and mask with PIL into float32 arrays at ``size``."""
     height, width = size
     start = time.perf_counter()
     for photo in photos:
         with Image.open(photo.image_path) as image:
-            x = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR), np.float32) / 255.0
-        with Image.open(photo.mask_path) as mask:
-            y = np.asarray(mask.resize((width, height), Image.NEAREST), np.float32)[..., None]
+            rgb = image.convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+            x = np.asarray(rgb, np.float32) / 255.0
+        with Image.open(_mask_path(photo)) as mask:
+            y = np.asarray(mask.resize((width, height), Image.Resampling.NEAREST), np.float32)[..., None]
         assert x.shape == (height, width, 3) and y.shape == (height, width, 1)
     return time.perf_counter() - start
 
@@ -85,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             (subset / folder).mkdir(parents=True)
         for photo in photos:
             os.symlink(photo.image_path.resolve(), subset / "train" / photo.image_path.name)
-            os.symlink(photo.mask_path.resolve(), subset / "train_masks" / photo.mask_path.name)
+            mask = _mask_path(photo)
+            os.symlink(mask.resolve(), subset / "train_masks" / mask.name)
         shards = max(os.cpu_count() or 1, 2)
         original, resized = Path(tmp, "original"), Path(tmp, "resized")
         convert(

@@ -17,12 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 # The real Carvana sample lives beside the checkout and is never copied into it.
 REAL_DATA = Path(os.environ.get("CARVANA_REAL_DATA", REPO.parent / "shared" / "carvana"))
 
-# The tiers: `make test-fast` runs `-m "not slow"` (the unit tier, under a minute); `make test` (CI)
-# runs everything. A test is slow when it needs a process or a server that takes seconds to start
-# (these fixtures), trains a model, or reads the real photos; modules that train say so themselves
-# with `pytestmark = pytest.mark.slow`.
+# The tiers, decided here in one place: `make test-fast` runs `-m "not slow"` (the unit tier, about a
+# minute), `make test` (CI) runs everything. A test is slow when it needs a process or a server that
+# takes seconds to start (these fixtures), reads the real photos, or its module builds, trains or
+# exports TensorFlow models (these modules); a single slow test elsewhere carries @pytest.mark.slow.
 SLOW_FIXTURES = frozenset({"moto_server", "s3_bucket", "endpoint_factory", "served_endpoint", "real_data",
                            "tiny_saved_model", "packaged_model", "sample_tfrecords"})
+SLOW_MODULES = frozenset({"test_notebook", "test_train", "test_debugger", "test_export", "test_predict",
+                          "test_evaluate", "test_template", "test_offline_online", "test_unet"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -31,7 +33,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in SLOW_MODULES or SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 

@@ -90,6 +90,7 @@ def test_records_hold_exact_masks_and_the_original_photos(sample_tfrecords: Path
         assert difference.mean() < 2.5 and np.percentile(difference, 99) <= 8
 
 
+@pytest.mark.slow
 def test_resize_at_conversion_with_two_workers(sample_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     code = main(
@@ -121,7 +122,8 @@ def test_resize_at_conversion_with_two_workers(sample_data: Path, tmp_path: Path
         area = full.reshape(64, 2, 96, 2).mean(axis=(1, 3))
         np.testing.assert_array_equal(e["mask"], (area >= 0.5).astype(np.uint8))
         name = f"{e['image/id'].decode()}_{e['image/angle']:02d}.jpg"
-        reference = np.asarray(Image.open(sample_data / "train" / name).resize((96, 64), Image.LANCZOS), int)
+        photo = Image.open(sample_data / "train" / name)
+        reference = np.asarray(photo.resize((96, 64), Image.Resampling.LANCZOS), int)
         assert np.abs(e["image"].astype(int) - reference).mean() < 3.0  # re-encoded at JPEG quality 95
 
 

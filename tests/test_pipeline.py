@@ -127,6 +127,7 @@ def edge_band(mask: np.ndarray) -> np.ndarray:
     return np.any(shifted, axis=0) & ~np.all(shifted, axis=0)
 
 
+@pytest.mark.slow
 def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
     folder = encoded_mask_dataset(tmp_path)
     plain = np.concatenate([y for _, y in batches(folder, training=False)])

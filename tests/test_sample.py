@@ -79,6 +79,7 @@ def test_varied_shapes_and_colours_and_deterministic_ids() -> None:
     assert [c.car_id for c in make_cars(12, seed=3)] == [c.car_id for c in cars]
 
 
+@pytest.mark.slow
 def test_full_size_car_in_kaggle_layout(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--cars", "1", "--workers", "1"]) == 0
     photo = next((tmp_path / "train").glob("*_05.jpg"))

@@ -132,6 +132,8 @@ def plan_shards(splits: dict[str, list[Photo]], options: ConvertOptions, staging
 def convert(config: ConvertConfig) -> dict:
     """Run the conversion; returns the manifest written. Raises DatasetError / StorageError."""
     options = config.options
+    if config.data is None:
+        raise DatasetError("no --data folder to convert (only --verify works without one)")
     scan = scan_dataset(config.data, mask_source=options.mask_source, skip_bad=options.skip_bad)
     print(f"found {scan.summary()} in {config.data}")
     for file, reason in scan.skipped:
@@ -260,8 +262,8 @@ def _shrink_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> 
     """Resize a photo (Lanczos, antialiased) and its mask (area average, then >= 0.5, so the edge
     stays sharp and lands where the car covers at least half of each output pixel)."""
     height, width = size
-    photo = Image.fromarray(image).resize((width, height), Image.LANCZOS)
-    area = Image.fromarray(mask.astype(np.float32), mode="F").resize((width, height), Image.BOX)
+    photo = Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS)
+    area = Image.fromarray(mask.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BOX)
     return np.asarray(photo), (np.asarray(area) >= 0.5).astype(np.uint8)
 
 

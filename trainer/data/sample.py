@@ -86,9 +86,10 @@ def _write_car(task: tuple[CarSpec, int, int, Path]) -> list[tuple[str, str]]:
 
 
 def _write_csv(path: Path, header: list[str], rows: list, *, quote_all: bool = False) -> None:
-    quoting = csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL  # Kaggle quotes metadata.csv fully
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle, quoting=quoting, lineterminator="\n")
+        # Kaggle quotes metadata.csv fully.
+        writer = csv.writer(handle, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
+                            lineterminator="\n")
         writer.writerow(header)
         writer.writerows(rows)
 

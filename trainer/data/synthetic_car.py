@@ -14,6 +14,7 @@ Kept apart from :mod:`trainer.data.sample`, which only lays the drawings out in 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,6 +74,16 @@ class CarSpec:
     shift: tuple[float, float]  # small framing offset, fractions of the photo size
 
 
+def _four(values: Iterable[float]) -> tuple[float, float, float, float]:
+    a, b, c, d = values
+    return a, b, c, d
+
+
+def _rgb(values: Iterable[int]) -> tuple[int, int, int]:
+    r, g, b = values
+    return r, g, b
+
+
 def make_cars(count: int, seed: int) -> list[CarSpec]:
     """Draw ``count`` car specs; the same seed always gives the same cars (and ids)."""
     rng = np.random.default_rng(seed)
@@ -98,8 +109,8 @@ def make_cars(count: int, seed: int) -> list[CarSpec]:
                 roof=roof * rng.uniform(0.95, 1.05),
                 belt=belt * rng.uniform(0.96, 1.04),
                 wheel_radius=wheel * rng.uniform(0.92, 1.08),
-                cabin=tuple(float(np.clip(c + j, 0.05, 0.95)) for c, j in zip(cabin, jitter, strict=True)),
-                paint=tuple(int(v) for v in paint),
+                cabin=_four(float(np.clip(c + j, 0.05, 0.95)) for c, j in zip(cabin, jitter, strict=True)),
+                paint=_rgb(int(v) for v in paint),
                 backdrop=backdrop,
                 fill=float(rng.uniform(0.68, 0.82)),
                 elevation=float(np.radians(rng.uniform(6.0, 13.0))),
@@ -378,7 +389,7 @@ def _floor_shadow(photo: Image.Image, spec: CarSpec, cam: _Camera) -> None:
     xy = [(u / k, v / k) for u, v in cam.pixels(corners)]
     ImageDraw.Draw(small).polygon(xy, fill=210)
     small = small.filter(ImageFilter.GaussianBlur(max(cam.scale * 0.18 / k, 0.5)))
-    alpha = small.resize(photo.size, Image.BILINEAR)
+    alpha = small.resize(photo.size, Image.Resampling.BILINEAR)
     dark = photo.point(lambda value: int(value * 0.3))
     photo.paste(Image.composite(dark, photo, alpha))
 
@@ -403,7 +414,7 @@ def _car_finish(photo: Image.Image, mask: Image.Image, spec: CarSpec, cam: _Came
         streak = np.array([(x0, y, z), (x1, y, z), (x1, y, z + 0.05), (x0, y, z + 0.05)])
         ImageDraw.Draw(glow).polygon([(u / k, v / k) for u, v in cam.pixels(streak)], fill=110)
     glow = glow.filter(ImageFilter.GaussianBlur(max(cam.scale * 0.04 / k, 0.5))).resize(
-        photo.size, Image.BILINEAR
+        photo.size, Image.Resampling.BILINEAR
     )
     glow = ImageChops.multiply(glow, alpha)
     photo.paste(ImageChops.add(photo, Image.merge("RGB", (glow, glow, glow))))

@@ -89,9 +89,9 @@ class RunState:
         self.epoch = epoch
         for key, value in logs.items():
             self.history.setdefault(key, []).append(float(value))
-        value = logs.get(BEST_METRIC)
-        if value is not None and (self.best_value is None or value > self.best_value):
-            self.best_value, self.best_epoch = float(value), epoch
+        best = logs.get(BEST_METRIC)
+        if best is not None and (self.best_value is None or best > self.best_value):
+            self.best_value, self.best_epoch = float(best), epoch
             return True
         return False
 
