@@ -15,6 +15,7 @@ import io
 import json
 import tarfile
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -27,9 +28,12 @@ from trainer.launch.cli import main as cli_main
 from trainer.launch.metrics import METRIC_DEFINITIONS, scrape_metrics
 from trainer.launch.search_space import SEARCH_SPACE, Categorical, Continuous, Integer
 from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec
+from trainer.training.log_lines import debugger_line
 
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"
+# SageMaker Debugger's rule image in us-east-1 (docs: debugger-docker-images-rules).
+RULE_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
 
 
 @pytest.fixture
@@ -104,8 +108,10 @@ def test_fit_sends_create_training_job(sm) -> None:
     # Hyperparameters: JSON strings, exactly what the local backend writes to hyperparameters.json.
     hps = request["HyperParameters"]
     user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
-    assert user == encode_hyperparameters(spec.hyperparameters)
-    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001"}
+    assert user == encode_hyperparameters(spec.job_hyperparameters)
+    # max-minutes derived from max_run (3600 s less a 360 s margin): the job ends itself and exports.
+    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001",
+                    "max-minutes": "54.0"}
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert "model_dir" not in hps  # the SavedModel goes to SM_MODEL_DIR, not an s3:// --model_dir
 
@@ -123,9 +129,17 @@ def test_fit_sends_create_training_job(sm) -> None:
         "S3OutputPath": f"s3://{settings.bucket}/carvana-unet/tensorboard",
         "LocalPath": "/opt/ml/output/tensorboard",
     }
-    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
-    assert request["ProfilerConfig"]["DisableProfiler"] is False
-    assert "DebugHookConfig" not in request
+    assert request["ProfilerConfig"] == {"S3OutputPath": f"s3://{settings.bucket}/carvana-unet/profiler",
+                                         "ProfilingIntervalInMilliseconds": 500, "DisableProfiler": False}
+    # The system-metric profiler rules, each run by AWS's rule image for the job's region.
+    rules = {r["RuleConfigurationName"].split("-")[0]: r for r in request["ProfilerRuleConfigurations"]}
+    assert sorted(rules) == sorted(smb.SYSTEM_PROFILER_RULES)
+    for name, rule in rules.items():
+        assert rule["RuleEvaluatorImage"] == RULE_IMAGE
+        assert rule["RuleParameters"]["rule_to_invoke"] == name
+    assert rules["LowGPUUtilization"]["RuleParameters"]["threshold_p95"] == "70"
+    # No smdebug hook (the TF 2.19 image has none) and no tensor rules.
+    assert "DebugHookConfig" not in request and "DebugRuleConfigurations" not in request
     assert {"Key": "team", "Value": "studio"} in request["Tags"]
     assert {"Key": "project", "Value": "carvana-unet"} in request["Tags"]
 
@@ -141,11 +155,34 @@ def test_fit_sends_create_training_job(sm) -> None:
     assert result.model_artifact.endswith(f"{spec.job_name}/output/model.tar.gz")
 
 
+def test_profiler_can_be_turned_off(sm) -> None:
+    settings, session, recorder = sm
+    smb.fit(job_spec(settings.bucket, name="carvana-unet-noprof"), replace(settings, profiler=False),
+            session=session)
+    request = recorder.one("CreateTrainingJob")
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    assert "ProfilerRuleConfigurations" not in request
+    smb.fit(job_spec(settings.bucket, name="carvana-unet-norules"), replace(settings, profiler_rules=False),
+            session=session)
+    request = [body for name, body in recorder.calls if name == "CreateTrainingJob"][-1]
+    assert request["ProfilerConfig"]["DisableProfiler"] is False
+    assert "ProfilerRuleConfigurations" not in request
+
+
 def test_metric_definitions_read_the_entry_point_line() -> None:
     line = "epoch=3 loss=0.0412 dice=0.9731 val_loss=0.0398 val_dice=0.9802\n"
     assert scrape_metrics(line) == {"epoch": 3.0, "loss": 0.0412, "dice": 0.9731, "val_loss": 0.0398,
                                     "val_dice": 0.9802}
     assert scrape_metrics("4/4 - 2s - loss: 1.16 - val_dice: 0.33") == {}
+    # The debugger's line (CloudWatch metrics an alarm can watch) and the export's partial flag.
+    findings = [{"rule": "overfitting"}, {"rule": "overfitting"}, {"rule": "loss_not_decreasing"}]
+    line = debugger_line(findings, 0.03125)
+    assert scrape_metrics(line) == {
+        "debugger_findings": 3, "debugger_nonfinite_loss": 0, "debugger_loss_not_decreasing": 1,
+        "debugger_overfitting": 2, "debugger_exploding_gradients": 0, "debugger_vanishing_gradients": 0,
+        "grad_norm": 0.03125}
+    assert scrape_metrics("model_partial=1") == {"model_partial": 1.0}
+    assert len(METRIC_DEFINITIONS) <= 40  # CreateTrainingJob's limit
 
 
 def test_tune_sends_create_hyper_parameter_tuning_job(sm) -> None:
