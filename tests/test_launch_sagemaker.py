@@ -25,9 +25,10 @@ from botocore.stub import Stubber
 from local_aws.training_job.toolkit import encode_hyperparameters
 from trainer.launch import sagemaker_backend as smb
 from trainer.launch.cli import main as cli_main
+from trainer.launch.errors import LaunchError
 from trainer.launch.metrics import METRIC_DEFINITIONS, scrape_metrics
 from trainer.launch.search_space import SEARCH_SPACE, Categorical, Continuous, Integer
-from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec
+from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec, default_max_minutes
 from trainer.training.log_lines import debugger_line
 
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
@@ -272,6 +273,44 @@ def test_tuning_report_names_the_best_job_and_its_metrics(sm) -> None:
     assert result.best_objective == pytest.approx(0.9912)
     assert result.best_hyperparameters == {"batch-size": "8", "learning-rate": 0.00042, "epochs": 31}
     assert result.best_metrics == {"val_dice": pytest.approx(0.9912), "val_loss": pytest.approx(0.0213)}
+
+
+def _stopped_job(name: str, metrics: dict[str, float]) -> dict:
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "ModelArtifacts": {"S3ModelArtifacts": f"s3://b/jobs/{name}/output/model.tar.gz"},
+        "TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": now,
+        "FinalMetricDataList": [{"MetricName": k, "Value": v, "Timestamp": now} for k, v in metrics.items()],
+    }
+
+
+def test_a_stopped_job_with_an_exported_model_is_deployable(sm) -> None:
+    """MaxRuntimeInSeconds hit: SageMaker uploads /opt/ml/model; model_partial=1 in the log says partial."""
+    settings, session, _ = sm
+    backend = smb.SageMakerBackend(settings, session)
+    with Stubber(session.sagemaker_client) as stubber:
+        stubber.add_response("describe_training_job",
+                             _stopped_job("job-a", {"val_dice": 0.97, "model_partial": 1}),
+                             {"TrainingJobName": "job-a"})
+        stubber.add_response("describe_training_job", _stopped_job("job-b", {"val_dice": 0.97}),
+                             {"TrainingJobName": "job-b"})
+        partial, unexported = backend.describe_job("job-a"), backend.describe_job("job-b")
+    assert partial.model_partial is True
+    assert partial.deployable_model() == "s3://b/jobs/job-a/output/model.tar.gz"
+    with pytest.raises(LaunchError, match="stopped before it exported a model"):
+        unexported.deployable_model()
+
+
+def test_max_minutes_is_derived_from_max_run() -> None:
+    assert default_max_minutes(24 * 3600) == 24 * 60 - 15  # margin capped at 15 min
+    assert default_max_minutes(3600) == 54.0  # 10 %
+    assert default_max_minutes(600) == 8.0  # at least 2 min
+    assert default_max_minutes(150) is None  # no minute of training left
+    spec = job_spec("b", hyperparameters={"max-minutes": 5})
+    assert spec.job_hyperparameters["max-minutes"] == 5  # given: kept
 
 
 def _upload_model(bucket: str) -> str:

@@ -51,9 +51,14 @@ class Sample:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` (fields 14 and 15 of /proc/<pid>/stat), in seconds."""
+    """utime + stime of ``pid`` (fields 14 and 15 of /proc/<pid>/stat), in seconds.
+
+    Raises ProcessLookupError once the process has exited (a zombie has no memory to report).
+    """
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": field 3 onwards
+    if fields[0] in ("Z", "X"):
+        raise ProcessLookupError(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
