@@ -14,7 +14,6 @@ import datetime as dt
 import io
 import json
 import tarfile
-import uuid
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,20 +34,6 @@ ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"
 # SageMaker Debugger's rule image in us-east-1 (docs: debugger-docker-images-rules).
 RULE_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
-
-
-@pytest.fixture
-def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Fake credentials, us-east-1, every AWS client pointed at moto; a fresh bucket's name."""
-    for name, value in {
-        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"carvana-test-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return bucket
 
 
 class Recorder:
