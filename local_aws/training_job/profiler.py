@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from trainer.atomic import atomic_path, write_json
+from trainer.training.plots import save_figure
 
 DEFAULT_INTERVAL_MS = 500  # SageMaker's default ProfilingIntervalInMilliseconds
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -173,9 +174,4 @@ def plot_samples(samples: list[Sample], path: Path, job_name: str) -> Path:
     cpu_ax.set(title=f"{job_name}: CPU (% of one core)", xlabel="seconds")
     mem_ax.plot(times, [s.rss_mb for s in samples])
     mem_ax.set(title="resident memory (MB)", xlabel="seconds")
-    for ax in (cpu_ax, mem_ax):
-        ax.grid(alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
