@@ -35,6 +35,7 @@ from trainer.launch.metrics import OBJECTIVE_METRIC
 from trainer.launch.search_space import Categorical, Continuous, Integer, Range
 from trainer.launch.specs import TuningResult, TuningSpec
 from trainer.training.hyperparameters import HyperValue
+from trainer.training.plots import save_figure
 
 LEARNING_RATE = "learning-rate"
 # Early stopping judges a trial only after a few epochs, and only once two trials are there to compare.
@@ -214,9 +215,4 @@ def plot_trials(trials: Sequence[FrozenTrial], ranges: Sequence[Range], path: Pa
     if x_log:
         right.set_xscale("log")
     right.set(title=f"{x_name} vs {OBJECTIVE_METRIC}", xlabel=x_name, ylabel=OBJECTIVE_METRIC)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

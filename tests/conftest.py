@@ -8,12 +8,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Where moto's request recorder (``moto_recording``) writes; read by moto when it is first imported,
+# so set before any test imports it. Outside the checkout.
+_RECORDING = Path(tempfile.gettempdir()) / f"moto-recording-{os.getpid()}.jsonl"
+os.environ.setdefault("MOTO_RECORDER_FILEPATH", str(_RECORDING))
 # The real Carvana sample lives beside the checkout and is never copied into it.
 REAL_DATA = Path(os.environ.get("CARVANA_REAL_DATA", REPO.parent / "shared" / "carvana"))
 
@@ -94,6 +99,74 @@ def moto_server() -> str:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Fake credentials, us-east-1, every AWS client pointed at moto; a fresh bucket's name.
+
+    Set in the environment, so child processes (a notebook's kernel) reach moto too.
+    """
+    import uuid
+
+    import boto3
+
+    for name, value in {
+        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
+                 "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"carvana-test-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def moto_recording(moto_server: str) -> Iterator[Callable[[], list[tuple[str, dict]]]]:
+    """``read()`` -> the AWS requests moto's server received since the fixture began, from any process.
+
+    Uses moto's own recorder (``/moto-api/recorder/...``), which logs each request as it arrives
+    over HTTP: how a test sees what a separate process (a notebook's kernel) sent. Each entry is
+    ``(operation, JSON body)``: the ``X-Amz-Target`` operation of JSON APIs (``CreateTrainingJob``)
+    or ``METHOD path`` otherwise (``POST /endpoints/<name>/invocations``).
+    """
+    import base64
+    import json
+    import urllib.parse
+    import urllib.request
+
+    def call(action: str) -> bytes:
+        request = urllib.request.Request(f"{moto_server}/moto-api/recorder/{action}", method="POST", data=b"")
+        with urllib.request.urlopen(request) as response:
+            return response.read()
+
+    def read() -> list[tuple[str, dict]]:
+        with urllib.request.urlopen(f"{moto_server}/moto-api/recorder/download-recording") as response:
+            lines = response.read().decode().splitlines()
+        entries = []
+        for entry in map(json.loads, filter(None, lines)):
+            body = entry.get("body") or ""
+            if entry.get("body_encoded"):
+                body = base64.b64decode(body).decode("utf-8", "replace")
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            target = headers.get("x-amz-target", "")
+            path = urllib.parse.urlsplit(entry["url"]).path
+            name = target.split(".")[-1] if target else f"{entry['method']} {path}"
+            try:
+                parsed = json.loads(body) if body.startswith("{") else {"raw": body}
+            except ValueError:
+                parsed = {"raw": body}
+            entries.append((name, parsed))
+        return entries
+
+    call("reset-recording")
+    call("start-recording")
+    yield read
+    call("stop-recording")
 
 
 # --- served model (SERVE part) -------------------------------------------------------------------

@@ -14,7 +14,7 @@ import datetime as dt
 import io
 import json
 import tarfile
-import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -24,26 +24,16 @@ from botocore.stub import Stubber
 from local_aws.training_job.toolkit import encode_hyperparameters
 from trainer.launch import sagemaker_backend as smb
 from trainer.launch.cli import main as cli_main
+from trainer.launch.errors import LaunchError
 from trainer.launch.metrics import METRIC_DEFINITIONS, scrape_metrics
 from trainer.launch.search_space import SEARCH_SPACE, Categorical, Continuous, Integer
-from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec
+from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec, default_max_minutes
+from trainer.training.log_lines import debugger_line
 
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
 ECR = "763104351884.dkr.ecr.us-east-1.amazonaws.com"
-
-
-@pytest.fixture
-def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Fake credentials, us-east-1, every AWS client pointed at moto; a fresh bucket's name."""
-    for name, value in {
-        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
-        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
-    }.items():
-        monkeypatch.setenv(name, value)
-    bucket = f"carvana-test-{uuid.uuid4().hex[:10]}"
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return bucket
+# SageMaker Debugger's rule image in us-east-1 (docs: debugger-docker-images-rules).
+RULE_IMAGE = "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest"
 
 
 class Recorder:
@@ -104,8 +94,10 @@ def test_fit_sends_create_training_job(sm) -> None:
     # Hyperparameters: JSON strings, exactly what the local backend writes to hyperparameters.json.
     hps = request["HyperParameters"]
     user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
-    assert user == encode_hyperparameters(spec.hyperparameters)
-    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001"}
+    assert user == encode_hyperparameters(spec.job_hyperparameters)
+    # max-minutes derived from max_run (3600 s less a 360 s margin): the job ends itself and exports.
+    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001",
+                    "max-minutes": "54.0"}
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert "model_dir" not in hps  # the SavedModel goes to SM_MODEL_DIR, not an s3:// --model_dir
 
@@ -123,9 +115,17 @@ def test_fit_sends_create_training_job(sm) -> None:
         "S3OutputPath": f"s3://{settings.bucket}/carvana-unet/tensorboard",
         "LocalPath": "/opt/ml/output/tensorboard",
     }
-    assert request["ProfilerConfig"]["ProfilingIntervalInMilliseconds"] == 500
-    assert request["ProfilerConfig"]["DisableProfiler"] is False
-    assert "DebugHookConfig" not in request
+    assert request["ProfilerConfig"] == {"S3OutputPath": f"s3://{settings.bucket}/carvana-unet/profiler",
+                                         "ProfilingIntervalInMilliseconds": 500, "DisableProfiler": False}
+    # The system-metric profiler rules, each run by AWS's rule image for the job's region.
+    rules = {r["RuleConfigurationName"].split("-")[0]: r for r in request["ProfilerRuleConfigurations"]}
+    assert sorted(rules) == sorted(smb.SYSTEM_PROFILER_RULES)
+    for name, rule in rules.items():
+        assert rule["RuleEvaluatorImage"] == RULE_IMAGE
+        assert rule["RuleParameters"]["rule_to_invoke"] == name
+    assert rules["LowGPUUtilization"]["RuleParameters"]["threshold_p95"] == "70"
+    # No smdebug hook (the TF 2.19 image has none) and no tensor rules.
+    assert "DebugHookConfig" not in request and "DebugRuleConfigurations" not in request
     assert {"Key": "team", "Value": "studio"} in request["Tags"]
     assert {"Key": "project", "Value": "carvana-unet"} in request["Tags"]
 
@@ -141,11 +141,34 @@ def test_fit_sends_create_training_job(sm) -> None:
     assert result.model_artifact.endswith(f"{spec.job_name}/output/model.tar.gz")
 
 
+def test_profiler_can_be_turned_off(sm) -> None:
+    settings, session, recorder = sm
+    smb.fit(job_spec(settings.bucket, name="carvana-unet-noprof"), replace(settings, profiler=False),
+            session=session)
+    request = recorder.one("CreateTrainingJob")
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    assert "ProfilerRuleConfigurations" not in request
+    smb.fit(job_spec(settings.bucket, name="carvana-unet-norules"), replace(settings, profiler_rules=False),
+            session=session)
+    request = [body for name, body in recorder.calls if name == "CreateTrainingJob"][-1]
+    assert request["ProfilerConfig"]["DisableProfiler"] is False
+    assert "ProfilerRuleConfigurations" not in request
+
+
 def test_metric_definitions_read_the_entry_point_line() -> None:
     line = "epoch=3 loss=0.0412 dice=0.9731 val_loss=0.0398 val_dice=0.9802\n"
     assert scrape_metrics(line) == {"epoch": 3.0, "loss": 0.0412, "dice": 0.9731, "val_loss": 0.0398,
                                     "val_dice": 0.9802}
     assert scrape_metrics("4/4 - 2s - loss: 1.16 - val_dice: 0.33") == {}
+    # The debugger's line (CloudWatch metrics an alarm can watch) and the export's partial flag.
+    findings = [{"rule": "overfitting"}, {"rule": "overfitting"}, {"rule": "loss_not_decreasing"}]
+    line = debugger_line(findings, 0.03125)
+    assert scrape_metrics(line) == {
+        "debugger_findings": 3, "debugger_nonfinite_loss": 0, "debugger_loss_not_decreasing": 1,
+        "debugger_overfitting": 2, "debugger_exploding_gradients": 0, "debugger_vanishing_gradients": 0,
+        "grad_norm": 0.03125}
+    assert scrape_metrics("model_partial=1") == {"model_partial": 1.0}
+    assert len(METRIC_DEFINITIONS) <= 40  # CreateTrainingJob's limit
 
 
 def test_tune_sends_create_hyper_parameter_tuning_job(sm) -> None:
@@ -235,6 +258,44 @@ def test_tuning_report_names_the_best_job_and_its_metrics(sm) -> None:
     assert result.best_objective == pytest.approx(0.9912)
     assert result.best_hyperparameters == {"batch-size": "8", "learning-rate": 0.00042, "epochs": 31}
     assert result.best_metrics == {"val_dice": pytest.approx(0.9912), "val_loss": pytest.approx(0.0213)}
+
+
+def _stopped_job(name: str, metrics: dict[str, float]) -> dict:
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    return {
+        "TrainingJobName": name,
+        "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
+        "ModelArtifacts": {"S3ModelArtifacts": f"s3://b/jobs/{name}/output/model.tar.gz"},
+        "TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": now,
+        "FinalMetricDataList": [{"MetricName": k, "Value": v, "Timestamp": now} for k, v in metrics.items()],
+    }
+
+
+def test_a_stopped_job_with_an_exported_model_is_deployable(sm) -> None:
+    """MaxRuntimeInSeconds hit: SageMaker uploads /opt/ml/model; model_partial=1 in the log says partial."""
+    settings, session, _ = sm
+    backend = smb.SageMakerBackend(settings, session)
+    with Stubber(session.sagemaker_client) as stubber:
+        stubber.add_response("describe_training_job",
+                             _stopped_job("job-a", {"val_dice": 0.97, "model_partial": 1}),
+                             {"TrainingJobName": "job-a"})
+        stubber.add_response("describe_training_job", _stopped_job("job-b", {"val_dice": 0.97}),
+                             {"TrainingJobName": "job-b"})
+        partial, unexported = backend.describe_job("job-a"), backend.describe_job("job-b")
+    assert partial.model_partial is True
+    assert partial.deployable_model() == "s3://b/jobs/job-a/output/model.tar.gz"
+    with pytest.raises(LaunchError, match="stopped before it exported a model"):
+        unexported.deployable_model()
+
+
+def test_max_minutes_is_derived_from_max_run() -> None:
+    assert default_max_minutes(24 * 3600) == 24 * 60 - 15  # margin capped at 15 min
+    assert default_max_minutes(3600) == 54.0  # 10 %
+    assert default_max_minutes(600) == 8.0  # at least 2 min
+    assert default_max_minutes(150) is None  # no minute of training left
+    spec = job_spec("b", hyperparameters={"max-minutes": 5})
+    assert spec.job_hyperparameters["max-minutes"] == 5  # given: kept
 
 
 def _upload_model(bucket: str) -> str:

@@ -18,17 +18,26 @@ import tarfile
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import tensorflow as tf
 
 from local_aws.training_job import toolkit
 from local_aws.training_job.job import load_result, run_job
 from local_aws.tuning import tune
+from trainer.data.layout import read_photo
 from trainer.launch.cli import main as cli_main
 from trainer.launch.errors import LaunchError
 from trainer.launch.metrics import scrape_metrics
 from trainer.launch.search_space import Categorical, Continuous
 from trainer.launch.specs import JobResult, JobSpec, TuningSpec
+from trainer.model_metadata import read_metadata
+from trainer.saved_model_io import open_model, to_mask
+from trainer.train import build_model, export
+from trainer.training.config import parse_config
+
+tf_summary_iterator = tf.compat.v1.train.summary_iterator
 
 # Fast settings of carvana train: no profiler trace, no TensorBoard image previews.
 TINY = {"epochs": 1, "batch-size": 8, "image-size": "64x96", "depth": 2, "base-filters": 4,
@@ -83,7 +92,7 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     # Every value a JSON string, as the SageMaker SDK sends them (strings quoted once more).
     assert {k: v for k, v in hps.items() if not k.startswith("sagemaker_")} == {
         "epochs": "2", "batch-size": "8", "image-size": '"64x96"', "depth": "2", "base-filters": "4",
-        "profile-batches": '"0"', "preview-images": "0"}
+        "profile-batches": '"0"', "preview-images": "0", "max-minutes": "165.0"}  # max_run 3 h - 15 min
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
     channels = json.loads((config / "inputdataconfig.json").read_text())
@@ -92,7 +101,7 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     assert channel.resolve() == (sample_tfrecords / "train").resolve()
     # The script's command line: sorted --name value pairs, in the staged code folder.
     assert ("train.py --base-filters 4 --batch-size 8 --depth 2 --epochs 2 --image-size 64x96 "
-            "--preview-images 0 --profile-batches 0") in log
+            "--max-minutes 165.0 --preview-images 0 --profile-batches 0") in log
     assert (result.job_dir / "opt" / "ml" / "code" / "trainer" / "train.py").is_file()
     # The job runs the product only: no launcher, nothing that imports the local stand-ins.
     code = result.job_dir / "opt" / "ml" / "code"
@@ -133,6 +142,90 @@ def test_metrics_are_scraped_from_the_log(fitted) -> None:
     final = {m["MetricName"]: m["Value"] for m in description["FinalMetricDataList"]}
     assert final == dict(result.final_metrics)
     assert load_result(result.job_dir).model_artifact == result.model_artifact
+
+
+def test_system_monitoring_report_of_a_real_job(fitted) -> None:
+    """SageMaker Profiler's system monitoring, locally: samples of the job's process, a report, a chart."""
+    result, log = fitted
+    metrics_file = result.job_dir / "profiler-output" / "system" / "system-metrics.jsonl"
+    samples = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert len(samples) >= 4  # a job of several seconds, sampled every 500 ms
+    assert max(s["cpu_percent"] for s in samples) > 10  # TensorFlow was busy
+    assert all(s["rss_mb"] > 0 for s in samples)  # a live process each time (none after it exited)
+    assert max(s["rss_mb"] for s in samples) > 200  # once TensorFlow was loaded
+    assert [s["elapsed_s"] for s in samples] == sorted(s["elapsed_s"] for s in samples)
+    folder = result.job_dir / "rule-output" / "ProfilerReport" / "profiler-output"
+    report = json.loads((folder / "profiler-report.json").read_text())
+    assert report["samples"] == len(samples) and report["interval_ms"] == 500
+    assert report["memory"]["max_rss_mb"] == max(s["rss_mb"] for s in samples)
+    assert report["cpu"]["percent_of_one_core"]["max"] == max(s["cpu_percent"] for s in samples)
+    assert (folder / "profiler-report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"system monitoring report: {folder / 'profiler-report.json'}" in log
+
+
+def test_debugger_findings_are_training_metrics(fitted) -> None:
+    """The loss-behaviour debugger's counts reach the job's metrics the way CloudWatch gets them."""
+    result, log = fitted
+    lines = [line for line in log.splitlines() if line.startswith("debugger_findings=")]
+    assert len(lines) == 2  # one per epoch
+    with tarfile.open(result.output_artifact) as archive:
+        report = json.loads(archive.extractfile("debugger-report.json").read())
+    assert result.final_metrics["debugger_findings"] == len(report["findings"])
+    assert result.final_metrics["grad_norm"] == pytest.approx(report["gradient_norms"][-1]["global_norm"],
+                                                              rel=1e-3)
+    assert result.final_metrics["model_partial"] == 0  # it finished: the export is complete
+    events = (result.job_dir / "opt" / "ml" / "output" / "tensorboard" / "debugger").glob("events*")
+    tags = {value.tag for event_file in events
+            for event in tf_summary_iterator(str(event_file)) for value in event.summary.value}
+    assert {"debugger/debugger_findings", "debugger/grad_norm", "debugger/debugger_overfitting"} <= tags
+
+
+def test_sigterm_mid_epoch_exports_the_best_weights_marked_partial(sample_tfrecords: Path, sample_data: Path,
+                                                                  tmp_path: Path, capsys) -> None:
+    """MaxRuntimeInSeconds / StopTrainingJob / spot: SIGTERM mid-epoch still leaves a deployable model."""
+    stream = io.StringIO()
+    result = run_job(tiny_job(sample_tfrecords, "carvana-sigterm-1", epochs=4), tmp_path,
+                     on_epoch=lambda metrics: metrics["epoch"] >= 2, stream=stream)
+    log = stream.getvalue()
+    assert result.status == "Stopped", log[-3000:]
+    assert "interrupted: stopped by signal after 2 complete epochs (1 batches into epoch 3)" in log
+    assert result.model_partial is True  # scraped from the log: model_partial=1
+    metadata = read_metadata(result.model_artifact)
+    assert metadata["partial"] is True and metadata["reason"] == "SIGTERM"
+    assert metadata["weights"] == "best_checkpoint"
+    assert (metadata["epochs_completed"], metadata["epochs_planned"]) == (2, 4)
+    assert (metadata["stopped_in_epoch"], metadata["batches_into_epoch"]) == (3, 1)
+    assert metadata["best_epoch"] in (1, 2)
+    assert metadata["val_dice"] == pytest.approx(max(m["val_dice"] for m in result.history), abs=1e-4)
+
+    # The checkpoint is kept, so a restart resumes; the same best weights exported the normal way
+    # give the partial model's masks pixel for pixel.
+    checkpoints = result.job_dir / "opt" / "ml" / "checkpoints"
+    assert json.loads((checkpoints / "state.json").read_text())["epoch"] == 2
+    config = parse_config(["--image-size", "64x96", "--depth", "2", "--base-filters", "4",
+                           "--model-dir", str(tmp_path / "reference")], {})
+    reference = build_model(config)
+    reference.load_weights(checkpoints / "best.weights.h5")
+    export(reference, config)
+    latest = build_model(config)
+    (newest,) = checkpoints.glob("ckpt-*.keras")
+    latest.load_weights(newest)  # the weights when SIGTERM came, one batch past the last epoch
+    photos = [read_photo(path) for path in sorted((sample_data / "train").glob("*.jpg"))[:4]]
+    with open_model(result.model_artifact) as partial, open_model(tmp_path / "reference") as best:
+        got, want = partial.probabilities(photos), best.probabilities(photos)
+    for mine, theirs in zip(got, want, strict=True):
+        assert np.array_equal(to_mask(mine), to_mask(theirs))
+        np.testing.assert_allclose(mine, theirs, atol=1e-6)
+    batch = np.random.default_rng(0).random((4, 64, 96, 3), dtype=np.float32)
+    # ... and they are the best epoch's weights, not the last ones.
+    assert not np.allclose(latest(batch).numpy(), reference(batch).numpy(), atol=1e-6)
+
+    # carvana deploy takes the stopped job's model and says it is partial.
+    capsys.readouterr()
+    deploy = ["deploy", "--work", str(tmp_path), "--job-name", "carvana-sigterm-1", "--print-only"]
+    assert cli_main(deploy) == 0
+    out = capsys.readouterr().out
+    assert "its model is PARTIAL" in out and "serve --model" in out
 
 
 def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path, tmp_path: Path) -> None:

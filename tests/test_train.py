@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.model_metadata import read_metadata
 from trainer.train import build_model, export, main, train
+from trainer.training.callbacks import cosine_learning_rate
 from trainer.training.config import Cluster, ConfigError, parse_config
 from trainer.training.runtime import tf_config_for
 
@@ -205,6 +207,10 @@ def test_short_training_run_lowers_the_loss_and_writes_everything(sample_tfrecor
     assert [int(m[1]) for m in epoch_lines(out)] == [4]
     assert "time budget of 0.0001 min reached after epoch 4" in out
     assert resumed.stop_reason == "time_budget" and resumed.epochs_completed == 4
+    # The cosine schedule runs over the 3 epochs asked for: 1e-3 at epoch 1, falling, never below min-lr.
+    rates = [float(row["learning_rate"]) for row in rows]
+    assert rates == pytest.approx([cosine_learning_rate(e, 3, 1e-3, 1e-5) for e in range(3)], rel=1e-4)
+    assert rates[0] == pytest.approx(1e-3) and rates[0] > rates[1] > rates[2] > 1e-5
     assert (result.export_dir / "saved_model.pb").is_file()
 
 
@@ -233,23 +239,40 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfre
     seen.append(first.stdout.read())
     assert first.wait(timeout=120) == 0, "".join(seen)
     first_out = "".join(seen)
-    assert "received SIGTERM: saving a checkpoint and stopping" in first_out
+    assert "received SIGTERM: stopping at the next batch" in first_out
     assert "interrupted: stopped by signal" in first_out
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert 2 <= state["epoch"] < epochs
-    assert not (tmp_path / "model" / "unet").exists()
+    # The stopped run exported the best weights so far, marked partial, and said so in its log.
+    assert (tmp_path / "model" / "unet" / "1" / "saved_model.pb").is_file()
+    partial = read_metadata(tmp_path / "model")
+    assert partial["partial"] is True and partial["reason"] == "SIGTERM"
+    assert partial["epochs_completed"] == state["epoch"] and partial["best_epoch"] == state["best_epoch"]
+    assert "model_partial=1" in first_out.splitlines()
 
     second = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"resuming after epoch {state['epoch']}" in second.stdout
     assert [int(m[1]) for m in epoch_lines(second.stdout)] == list(range(state["epoch"] + 1, epochs + 1))
     assert (tmp_path / "model" / "unet" / "1" / "saved_model.pb").is_file()
+    complete = read_metadata(tmp_path / "model")
+    assert complete["partial"] is False and complete["epochs_completed"] == epochs
     final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert final["epoch"] == epochs and len(final["history"]["loss"]) == epochs
     # The optimizer's step count carried over (a fresh optimizer would stop short of every step).
     (checkpoint,) = (tmp_path / "checkpoints").glob("ckpt-*.keras")
     assert int(checkpoint.stem.split("-")[1]) >= epochs * steps_per_epoch
     assert np.isfinite(final["history"]["val_loss"]).all()
+
+
+def test_epochs_set_the_length_of_the_cosine_schedule():
+    """The tuner's epochs range changes every epoch's rate, not just where the run stops."""
+    short = [cosine_learning_rate(e, 10, 1e-3, 1e-5) for e in range(10)]
+    long = [cosine_learning_rate(e, 40, 1e-3, 1e-5) for e in range(10)]
+    assert short[0] == long[0] == pytest.approx(1e-3)
+    assert all(s < lg for s, lg in zip(short[1:], long[1:], strict=True))
+    assert cosine_learning_rate(10, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
+    assert parse_config([], {}).optimisation.lr_schedule == "cosine"
 
 
 def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):

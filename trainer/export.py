@@ -22,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
 
+from trainer.model_metadata import write_metadata
 from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE
 
 MODEL_VERSION = 1
@@ -135,11 +138,13 @@ def export_saved_model(
     *,
     name: str = MODEL_NAME,
     version: int = MODEL_VERSION,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``<model_dir>/<name>/<version>/`` and return it; an existing export is replaced whole.
 
     The SavedModel is written beside the target and renamed into place, so TF Serving (which polls
-    the version folders) never sees a half-written version.
+    the version folders) never sees a half-written version. ``metadata`` (how training went, see
+    ``trainer.model_metadata``) goes inside it, in ``assets.extra/``, before the rename.
     """
     target = Path(model_dir) / name / str(version)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +160,8 @@ def export_saved_model(
     }
     try:
         tf.saved_model.save(module, str(tmp), signatures=signatures)
+        if metadata is not None:
+            write_metadata(tmp, metadata)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)

@@ -5,21 +5,27 @@ that container's layout, and on a laptop: hyperparameters come as ``--name value
 paths from ``SM_*`` variables or flags (see ``trainer.training.config``). A run
 
 1. resumes from the newest checkpoint in the checkpoint folder, if any (spot restarts);
-2. trains with early stopping, learning-rate reduction on plateau, a wall-clock budget, the
-   loss-behaviour debugger, TensorBoard logs and one ``epoch=N loss=... val_dice=...`` line per
-   epoch for the tuner;
-3. on SIGTERM saves a checkpoint and exits 0 (SageMaker restarts it later);
-4. takes the best epoch's weights (by val_dice) and exports the SavedModel to ``<model_dir>/unet/1``.
+2. trains on a cosine learning-rate schedule over ``--epochs`` (or plateau cuts), with early
+   stopping, a wall-clock budget, the loss-behaviour debugger, TensorBoard logs and one
+   ``epoch=N loss=... val_dice=...`` line per epoch for the tuner;
+3. takes the best epoch's weights (by val_dice) and exports the SavedModel to ``<model_dir>/unet/1``
+   with ``assets.extra/training-metadata.json`` saying how training ended;
+4. on SIGTERM (SageMaker's stop, MaxRuntimeInSeconds, a spot reclaim; 120 s before SIGKILL) stops
+   at the next batch, saves a checkpoint (a restart resumes from it), exports as in 3 with the
+   metadata marked ``partial`` and exits 0: the job's model.tar.gz is then a usable model.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -39,12 +45,14 @@ from trainer.training.callbacks import (
     StopRequest,
     TimeBudget,
     TrainingInterruptedError,
+    cosine_learning_rate,
     load_best_weights,
     restore_checkpoint,
     write_history,
 )
 from trainer.training.config import TrainConfig, build_parser
 from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig
+from trainer.training.log_lines import PARTIAL_METRIC
 from trainer.training.runtime import make_strategy, use_mixed_precision
 
 # Monitored by early stopping and learning-rate reduction: smoother than val_dice epoch to epoch.
@@ -59,6 +67,7 @@ class TrainResult:
     stop_reason: str  # completed | early_stopping | time_budget | interrupted | already_finished
     best_val_dice: float | None
     export_dir: Path | None
+    partial: bool = False  # stopped by a signal: the export holds fewer epochs than asked for
 
 
 def _unet(config: TrainConfig) -> keras.Model:
@@ -135,6 +144,24 @@ def _first_images(dataset: tf.data.Dataset, count: int) -> tuple[tf.Tensor, tf.T
     return next(iter(dataset.unbatch().take(count).batch(count)))
 
 
+def _schedule_callbacks(config: TrainConfig) -> dict[str, keras.callbacks.Callback]:
+    """The learning-rate callback of ``--lr-schedule`` (by the name its resumable state is saved as)."""
+    opt = config.optimisation
+    if opt.lr_schedule == "cosine":
+        epochs = config.stopping.epochs
+
+        def rate(epoch: int, current: float) -> float:
+            return cosine_learning_rate(epoch, epochs, opt.learning_rate, opt.min_lr)
+
+        return {"lr_schedule": keras.callbacks.LearningRateScheduler(rate)}
+    return {
+        "reduce_lr": keras.callbacks.ReduceLROnPlateau(
+            monitor=PLATEAU_METRIC, factor=opt.lr_factor, patience=opt.lr_patience, min_lr=opt.min_lr,
+            verbose=1,
+        )
+    }
+
+
 def _callbacks(
     config: TrainConfig,
     state: RunState,
@@ -143,30 +170,30 @@ def _callbacks(
     probe: tuple[tf.Tensor, tf.Tensor] | None,
     preview: tuple[tf.Tensor, tf.Tensor] | None,
     start: float,
-) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping, TimeBudget | None]:
+) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping | None, TimeBudget | None]:
     """The run's callbacks in the order they must see each epoch, plus the two whose outcome matters.
 
     Debugger rules first (a NaN stops the step before anything is saved), then early stopping and
-    learning-rate reduction, then the checkpoint (which records their counters), then the output.
+    the learning-rate schedule, then the checkpoint (which records their counters), then the output.
+    Early stopping (``--patience``, 0 = off) stays a guard against a run that has stopped learning:
+    with the cosine schedule ``--epochs`` has already shaped the rates of every epoch before it.
     """
     chief = config.cluster.is_chief
-    early_stopping = keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.stopping.patience)
-    reduce_lr = keras.callbacks.ReduceLROnPlateau(
-        monitor=PLATEAU_METRIC,
-        factor=config.optimisation.lr_factor,
-        patience=config.optimisation.lr_patience,
-        min_lr=config.optimisation.min_lr,
-        verbose=1,
+    early_stopping = (
+        keras.callbacks.EarlyStopping(monitor=PLATEAU_METRIC, patience=config.stopping.patience)
+        if config.stopping.patience > 0
+        else None
     )
-    resumable = {"early_stopping": early_stopping, "reduce_lr": reduce_lr}
+    resumable = {"early_stopping": early_stopping} if early_stopping is not None else {}
+    resumable.update(_schedule_callbacks(config))
     callbacks: list[keras.callbacks.Callback] = [
         *debugger.callbacks(probe, bce_dice_loss, state.history),
-        early_stopping,
-        reduce_lr,
+        *resumable.values(),
         Checkpointer(config.paths.checkpoint_dir, state, stop, resumable, enabled=chief),
         # Keras' own progress output (it would otherwise be appended last), then the tuner's line.
         keras.callbacks.ProgbarLogger(),
         EpochLogger(state, start),
+        debugger.metrics_logger(),
     ]
     if chief:
         callbacks += [
@@ -185,7 +212,7 @@ def _callbacks(
     return callbacks, early_stopping, budget
 
 
-def export(model: keras.Model, config: TrainConfig) -> Path:
+def export(model: keras.Model, config: TrainConfig, metadata: dict[str, Any] | None = None) -> Path:
     """Export a plain float32 copy of ``model``: the same weights, no mixed precision, no strategy.
 
     A graph traced under the float16 policy would run float16 convolutions in a CPU TF Serving
@@ -196,11 +223,21 @@ def export(model: keras.Model, config: TrainConfig) -> Path:
     keras.mixed_precision.set_global_policy("float32")
     plain = _unet(config)
     plain.set_weights(model.get_weights())
-    return export_saved_model(plain, config.paths.model_dir, config.model.image_size)
+    return export_saved_model(plain, config.paths.model_dir, config.model.image_size, metadata=metadata)
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train (resuming when a checkpoint exists) and export; see the module docstring."""
+    """Train (resuming when a checkpoint exists) and export; see the module docstring.
+
+    The SIGTERM handler is installed first and stays until the export is written: a stop during
+    start-up or during the export cannot kill the process before it leaves a model.
+    """
+    stop = StopRequest()
+    with stop.installed():
+        return _train(config, stop)
+
+
+def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
     start = time.monotonic()
     strategy = make_strategy(config.cluster)  # first: a multi-worker strategy must precede other TF work
     keras.utils.set_random_seed(config.runtime.seed)
@@ -228,17 +265,23 @@ def train(config: TrainConfig) -> TrainResult:
             print(f"resuming after epoch {state.epoch} from {config.paths.checkpoint_dir / state.checkpoint}")
     print(
         f"model: U-Net depth {config.model.depth}, base {config.model.base_filters}, "
-        f"{model.count_params():,} parameters",
+        f"{model.count_params():,} parameters, {config.optimisation.lr_schedule} learning-rate schedule "
+        f"over {config.stopping.epochs} epochs",
         flush=True,
     )
 
+    interrupted: TrainingInterruptedError | None = None
     if state.stop_reason == "early_stopping" or state.epoch >= config.stopping.epochs:
         print(f"training already finished after epoch {state.epoch}: exporting only", flush=True)
         stop_reason = "already_finished"
     else:
         debugger_config = DebuggerConfig()
-        debugger = Debugger(paths.output_data_dir / REPORT_NAME, debugger_config, resume=state.epoch > 0)
-        stop = StopRequest()
+        debugger = Debugger(
+            paths.output_data_dir / REPORT_NAME,
+            debugger_config,
+            resume=state.epoch > 0,
+            tensorboard_dir=paths.tensorboard_dir if chief else None,
+        )
         callbacks, early_stopping, budget = _callbacks(
             config,
             state,
@@ -249,22 +292,24 @@ def train(config: TrainConfig) -> TrainResult:
             start,
         )
         try:
-            with stop.installed():
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    initial_epoch=state.epoch,
-                    epochs=config.stopping.epochs,
-                    callbacks=callbacks,
-                    shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
-                    verbose=config.runtime.verbosity,
-                )
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                initial_epoch=state.epoch,
+                epochs=config.stopping.epochs,
+                callbacks=callbacks,
+                shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
+                verbose=config.runtime.verbosity,
+            )
         except TrainingInterruptedError as err:
-            print(f"interrupted: {err}; rerun with the same checkpoint folder to resume", flush=True)
-            return TrainResult(state.epoch, "interrupted", state.best_value, None)
+            interrupted = err
+            print(f"interrupted: {err}; exporting now, rerun with the same checkpoint folder to resume",
+                  flush=True)
         finally:
-            debugger.write()
-        if early_stopping.stopped_epoch > 0:
+            debugger.close()
+        if interrupted is not None:
+            stop_reason = "interrupted"
+        elif early_stopping is not None and early_stopping.stopped_epoch > 0:
             stop_reason = state.stop_reason = "early_stopping"
             if chief:
                 state.save(config.paths.checkpoint_dir)
@@ -272,20 +317,54 @@ def train(config: TrainConfig) -> TrainResult:
             stop_reason = "time_budget" if budget is not None and budget.exhausted else "completed"
 
     if not chief:
-        return TrainResult(state.epoch, stop_reason, state.best_value, None)
+        return TrainResult(state.epoch, stop_reason, state.best_value, None, interrupted is not None)
     write_history(state.history, config.paths.output_data_dir)
-    if load_best_weights(model, config.paths.checkpoint_dir):
+    weights = "best_checkpoint" if load_best_weights(model, config.paths.checkpoint_dir) else "current"
+    if weights == "best_checkpoint":
         # Tuners (SageMaker's and the local one) take the LAST val_dice in the log as the objective:
         # this line makes that the score of the weights actually exported, not of the last epoch.
         print(f"exporting the best epoch ({state.best_epoch}): val_dice={state.best_value:.4f}", flush=True)
-    export_dir = export(model, config)
+    else:
+        print("exporting the current weights: no epoch has finished yet", flush=True)
+    metadata = run_metadata(config, state, stop_reason, weights, interrupted, stop.signal)
+    export_dir = export(model, config, metadata)
+    # Scraped by the metric definitions: a stopped job's FinalMetricDataList says its model is partial.
+    print(f"{PARTIAL_METRIC}={int(metadata['partial'])}", flush=True)
     minutes = (time.monotonic() - start) / 60
     print(
-        f"done ({stop_reason}) after {state.epoch} epochs in {minutes:.1f} min: SavedModel {export_dir}, "
+        f"done ({stop_reason}) after {state.epoch} epochs in {minutes:.1f} min: "
+        f"{'PARTIAL ' if metadata['partial'] else ''}SavedModel {export_dir}, "
         f"curves and reports in {paths.output_data_dir}, TensorBoard logs in {paths.tensorboard_dir}",
         flush=True,
     )
-    return TrainResult(state.epoch, stop_reason, state.best_value, export_dir)
+    return TrainResult(state.epoch, stop_reason, state.best_value, export_dir, metadata["partial"])
+
+
+def run_metadata(
+    config: TrainConfig,
+    state: RunState,
+    stop_reason: str,
+    weights: str,
+    interrupted: TrainingInterruptedError | None,
+    signum: int | None,
+) -> dict[str, Any]:
+    """What ``assets.extra/training-metadata.json`` says about the export (see trainer.model_metadata)."""
+    partial = interrupted is not None
+    return {
+        "partial": partial,
+        "reason": signal.Signals(signum).name if partial and signum else stop_reason,
+        "stop_reason": stop_reason,
+        "weights": weights,  # best_checkpoint: the best val_dice epoch; current: no epoch had finished
+        "epochs_completed": state.epoch,
+        "epochs_planned": config.stopping.epochs,
+        "best_epoch": state.best_epoch or None,
+        "val_dice": state.best_value,
+        "stopped_in_epoch": (interrupted.epoch or None) if interrupted else None,
+        "batches_into_epoch": interrupted.batches if interrupted else None,
+        "lr_schedule": config.optimisation.lr_schedule,
+        "image_size": list(config.model.image_size),
+        "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -294,7 +373,8 @@ def _command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train and export; exit 0 on success or a clean SIGTERM stop, 1 on divergence, 2 on bad input."""
+    """Train and export; exit 0 on success or a SIGTERM stop (a partial export), 1 on divergence, 2 on
+    bad input."""
     return run_command(build_parser(), _command, argv, ignore_unknown=True)
 
 

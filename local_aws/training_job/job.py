@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TextIO
 
 from local_aws.training_job.artifacts import package_artifacts
+from local_aws.training_job.profiler import SystemMonitor
 from local_aws.training_job.supervisor import EpochCallback, supervise
 from local_aws.training_job.toolkit import (
     JobLayout,
@@ -47,6 +48,7 @@ def run_job(
     command = script_command(layout)
     started = dt.datetime.now(dt.UTC)
     print(f"[{spec.job_name}] {' '.join(command[1:])}  (in {layout.code})", file=stream, flush=True)
+    monitor = SystemMonitor()
     outcome = supervise(
         command,
         cwd=layout.code,
@@ -56,7 +58,11 @@ def run_job(
         max_run_s=spec.max_run_s,
         stream=stream,
         on_epoch=on_epoch,
+        monitor=monitor,
     )
+    report = monitor.write(layout.root, spec.job_name)
+    if report is not None:
+        print(f"[{spec.job_name}] system monitoring report: {report}", file=stream, flush=True)
     stopped = outcome.stopped or outcome.timed_out
     status = "Stopped" if stopped else ("Completed" if outcome.returncode == 0 else "Failed")
     secondary = "MaxRuntimeExceeded" if outcome.timed_out and not outcome.stopped else status

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from local_aws.training_job.profiler import SystemMonitor
 from trainer.launch.metrics import scrape_metrics
 
 # SageMaker sends SIGTERM on StopTrainingJob / spot reclaim and SIGKILLs 120 s later.
@@ -50,12 +51,14 @@ def supervise(
     max_run_s: float,
     stream: TextIO,
     on_epoch: EpochCallback | None = None,
+    monitor: SystemMonitor | None = None,
 ) -> Outcome:
     """Run ``command`` to its end, streaming and scraping its log; see the module docstring.
 
     ``on_epoch`` may stop the job early, which sends SIGTERM as SageMaker's early stopping does.
     Ctrl-C stops the job the same way (the log is drained meanwhile, so the job never blocks on a
-    full pipe while it saves) and is reported as ``interrupted``.
+    full pipe while it saves) and is reported as ``interrupted``. ``monitor`` samples the process
+    from its start to its end (SageMaker Profiler's system monitoring, locally).
     """
     outcome = Outcome()
     with (
@@ -71,6 +74,8 @@ def supervise(
             start_new_session=True,
         ) as process,
     ):
+        if monitor is not None:
+            monitor.start(process.pid)
 
         def consume(line: str) -> None:
             stream.write(line)
@@ -109,6 +114,8 @@ def supervise(
                 consume(line)
         outcome.returncode = wait_or_kill(process)
         watchdog.cancel()
+        if monitor is not None:
+            monitor.stop()
     return outcome
 
 

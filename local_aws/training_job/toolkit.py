@@ -158,7 +158,7 @@ def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
     sync_checkpoints(layout, spec.checkpoint_uri)
 
     hyperparameters = {
-        **encode_hyperparameters(spec.hyperparameters),
+        **encode_hyperparameters(spec.job_hyperparameters),
         **encode_hyperparameters(
             {
                 "sagemaker_program": ENTRY_POINT,

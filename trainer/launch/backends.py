@@ -37,7 +37,7 @@ class Backend(Protocol):
 
     def tune(self, spec: TuningSpec) -> TuningResult: ...
 
-    def model_data(self, job_name: str) -> str: ...
+    def describe_job(self, job_name: str) -> JobResult: ...
 
     def deploy(self, spec: DeploySpec) -> DeployResult: ...
 
@@ -61,11 +61,8 @@ class LocalBackend:
 
         return tune(spec, self.work, stream=self.stream)
 
-    def model_data(self, job_name: str) -> str:
-        result = load_result(Path(self.work) / job_name)
-        if result.model_artifact is None:
-            raise LaunchError(f"job {job_name} is {result.status}: it left no model.tar.gz")
-        return result.model_artifact
+    def describe_job(self, job_name: str) -> JobResult:
+        return load_result(Path(self.work) / job_name)
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
         """Start ``carvana serve`` on ``port`` and wait for ``/ping``; it runs until :meth:`delete_endpoint`.

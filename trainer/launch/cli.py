@@ -40,6 +40,8 @@ from trainer.launch.specs import (
     JobSpec,
     TuningSpec,
 )
+from trainer.model_metadata import describe as describe_metadata
+from trainer.model_metadata import read_metadata
 from trainer.training.config import TrainConfig
 from trainer.training.hyperparameters import ConfigError, Declaration, HyperValue, by_flag
 
@@ -118,7 +120,13 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     aws.add_argument("--prefix", default="carvana-unet", help="key prefix inside the bucket")
     aws.add_argument("--region", help="AWS region (default: the AWS configuration)")
     aws.add_argument("--profiler-interval-ms", type=int, default=500,
+                     choices=(100, 200, 500, 1000, 5000, 60000),
                      help="system monitoring interval (CPU, GPU, memory, I/O)")
+    aws.add_argument("--profiler", action=argparse.BooleanOptionalAction, default=True,
+                     help="SageMaker Profiler system monitoring (off: disable_profiler=True, no rules)")
+    aws.add_argument("--profiler-rules", action=argparse.BooleanOptionalAction, default=True,
+                     help="ProfilerReport and the system-metric profiler rules (processing jobs AWS runs "
+                     "beside the training job)")
     aws.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
                      help="wait for the job or endpoint (streaming training logs)")
 
@@ -295,9 +303,12 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
         return 0
     if bool(args.model) == bool(args.job_name):
         raise LaunchError("give exactly one of --model and --job-name")
+    model_data = args.model or _job_model(backend, args.job_name)
+    if args.model:
+        _print_model_state(read_metadata(args.model))  # a local archive or folder; s3:// is not read
     spec = DeploySpec(
         endpoint_name=args.endpoint_name or unique_name("carvana-unet"),
-        model_data=args.model or backend.model_data(args.job_name),
+        model_data=model_data,
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         serverless=args.serverless,
@@ -313,6 +324,21 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
           f"  model {result.model_name}: {result.model_data}\n  image: {result.image_uri}\n"
           f"  delete it when done: carvana deploy --backend sagemaker --delete {result.endpoint_name}")
     return 0
+
+
+def _job_model(backend: Backend, job_name: str) -> str:
+    """The job's model.tar.gz, saying whether it is partial (a job stopped by SIGTERM exports too)."""
+    result = backend.describe_job(job_name)
+    model = result.deployable_model()
+    if result.model_partial:
+        print(f"note: job {job_name} was {result.status.lower()} before it finished: its model is PARTIAL "
+              "(the best epoch's weights when it stopped; see assets.extra/training-metadata.json)")
+    return model
+
+
+def _print_model_state(metadata: Mapping[str, object] | None) -> None:
+    if metadata is not None and metadata.get("partial"):
+        print(f"note: {describe_metadata(metadata)}")
 
 
 def _deploy_locally(spec: DeploySpec, args: argparse.Namespace, backend: Backend) -> int:

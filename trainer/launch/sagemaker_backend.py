@@ -21,7 +21,7 @@ os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # we stay on v2 kno
 
 import boto3
 import sagemaker
-from sagemaker.debugger import ProfilerConfig, TensorBoardOutputConfig
+from sagemaker.debugger import ProfilerConfig, ProfilerRule, TensorBoardOutputConfig, rule_configs
 from sagemaker.inputs import TrainingInput
 from sagemaker.serverless import ServerlessInferenceConfig
 from sagemaker.tensorflow import TensorFlow, TensorFlowModel
@@ -46,6 +46,12 @@ PY_VERSION = "py312"
 CONTAINER_TENSORBOARD_DIR = "/opt/ml/output/tensorboard"
 # The SDK reports usage to an AWS telemetry bucket unless told not to; a launcher should not phone home.
 SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}}}
+# SageMaker Debugger's profiler rules that read *system* metrics, the only ones with data on the TF
+# 2.19 image: framework profiling is deprecated from TF 2.11 and the image ships no smdebug (README,
+# "Debugger and Profiler"). ProfilerReport runs them all again and renders profiler-report.html;
+# each rule is a processing job of AWS's rule image (sagemaker-debugger-rules) beside the training.
+SYSTEM_PROFILER_RULES = ("ProfilerReport", "BatchSize", "CPUBottleneck", "GPUMemoryIncrease", "IOBottleneck",
+                         "LoadBalancing", "LowGPUUtilization", "OverallSystemUsage")
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class SageMakerSettings:
     prefix: str = "carvana-unet"
     region: str | None = None  # None: the standard AWS configuration (AWS_REGION, ~/.aws/config)
     profiler_interval_ms: int = 500
+    profiler: bool = True  # system monitoring (CPU, GPU, memory, I/O, network) to S3
+    profiler_rules: bool = True  # SYSTEM_PROFILER_RULES on those metrics (needs profiler)
     wait: bool = True
 
     @classmethod
@@ -74,7 +82,8 @@ class SageMakerSettings:
             raise LaunchError("--bucket: an S3 bucket name (no s3://) is required for --backend sagemaker, "
                               "or set CARVANA_BUCKET")
         return cls(role=role, bucket=bucket, prefix=args.prefix.strip("/"), region=args.region,
-                   profiler_interval_ms=args.profiler_interval_ms, wait=args.wait)
+                   profiler_interval_ms=args.profiler_interval_ms, profiler=args.profiler,
+                   profiler_rules=args.profiler_rules and args.profiler, wait=args.wait)
 
     def s3(self, *parts: str) -> str:
         """``s3://<bucket>/<prefix>/<parts...>``."""
@@ -114,7 +123,47 @@ def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
     return [{"Key": key, "Value": value} for key, value in {"project": "carvana-unet", **tags}.items()]
 
 
-def _channels(spec: JobSpec) -> dict[str, TrainingInput]:
+def execution_role(session: sagemaker.Session, explicit: str = "") -> str:
+    """The execution role: ``explicit`` or ``$SAGEMAKER_ROLE``, else ``sagemaker.get_execution_role()``.
+
+    On a SageMaker notebook or Studio the SDK reads the notebook's own role; elsewhere it turns
+    assumed-role credentials into the role's ARN and raises ValueError for any other identity
+    (SDK ``session.get_execution_role``), which becomes a message saying what to set.
+    """
+    role = explicit or os.environ.get("SAGEMAKER_ROLE", "")
+    if role:
+        return role
+    try:
+        return sagemaker.get_execution_role(sagemaker_session=session)
+    except ValueError as err:
+        raise LaunchError(f"no SageMaker execution role: {err}. On a SageMaker notebook the role is found "
+                          "by itself; elsewhere set SAGEMAKER_ROLE=arn:aws:iam::<account>:role/<name> (or "
+                          "--role)") from None
+
+
+def profiler_rules() -> list[ProfilerRule]:
+    """``ProfilerRule.sagemaker(rule_configs.X())`` for each of SYSTEM_PROFILER_RULES."""
+    return [ProfilerRule.sagemaker(getattr(rule_configs, name)()) for name in SYSTEM_PROFILER_RULES]
+
+
+def _profiling(settings: SageMakerSettings) -> dict[str, object]:
+    """The estimator's Debugger/Profiler arguments for ``settings``.
+
+    ``debugger_hook_config=False`` always: the hook is smdebug's, which the TF 2.19 image lacks, and
+    the SDK adds a hook only for debugger (tensor) rules, never for profiler rules (SDK
+    ``estimator.py``), so False stays False. ``disable_profiler=True`` turns monitoring off.
+    """
+    if not settings.profiler:
+        return {"disable_profiler": True, "debugger_hook_config": False}
+    return {
+        "profiler_config": ProfilerConfig(s3_output_path=settings.s3("profiler"),
+                                          system_monitor_interval_millis=settings.profiler_interval_ms),
+        "rules": profiler_rules() if settings.profiler_rules else None,
+        "debugger_hook_config": False,
+    }
+
+
+def training_inputs(spec: JobSpec) -> dict[str, TrainingInput]:
     """FastFile: TFRecord shards are streamed from S3 as files, no copy before the job starts."""
     for channel, uri in spec.channels.items():
         if not uri.startswith("s3://"):
@@ -140,17 +189,14 @@ def build_estimator(spec: JobSpec, settings: SageMakerSettings, session: sagemak
         use_spot_instances=spec.spot,
         max_wait=spec.effective_max_wait_s,
         input_mode="FastFile",
-        hyperparameters=dict(spec.hyperparameters),
+        hyperparameters=spec.job_hyperparameters,  # with max-minutes from max_run unless given
         metric_definitions=[dict(d) for d in METRIC_DEFINITIONS],
         output_path=settings.s3("jobs"),
         code_location=settings.s3("code"),
         checkpoint_s3_uri=checkpoint_uri if checkpoints else None,
         tensorboard_output_config=TensorBoardOutputConfig(
             s3_output_path=settings.s3("tensorboard"), container_local_output_path=CONTAINER_TENSORBOARD_DIR),
-        profiler_config=ProfilerConfig(s3_output_path=settings.s3("profiler"),
-                                       system_monitor_interval_millis=settings.profiler_interval_ms),
-        # smdebug's tensor hooks do not support TF >= 2.11; loss checks live in our Keras callbacks.
-        debugger_hook_config=False,
+        **_profiling(settings),  # system monitoring and profiler rules; no smdebug hook
         # The entry point writes the SavedModel to SM_MODEL_DIR; an s3:// --model_dir is of no use to it.
         model_dir=False,
         base_job_name="carvana-unet",
@@ -162,7 +208,7 @@ def build_estimator(spec: JobSpec, settings: SageMakerSettings, session: sagemak
 def fit(spec: JobSpec, settings: SageMakerSettings, *, session: sagemaker.Session | None = None) -> JobResult:
     """Start the training job; when ``settings.wait``, stream its log and return its final state."""
     session = session or make_session(settings)
-    inputs = _channels(spec)
+    inputs = training_inputs(spec)
     with tempfile.TemporaryDirectory(prefix="carvana-source-") as tmp:
         estimator = build_estimator(spec, settings, session, stage_training_source(Path(tmp) / "source"))
         estimator.fit(inputs=inputs, job_name=spec.job_name, wait=settings.wait,
@@ -205,6 +251,23 @@ def to_parameter(space: Range) -> CategoricalParameter | ContinuousParameter | I
     raise TypeError(f"unknown range type {type(space).__name__}")
 
 
+def build_tuner(spec: TuningSpec, estimator: TensorFlow) -> HyperparameterTuner:
+    """The Bayesian HyperparameterTuner over ``spec.ranges`` (objective val_dice, maximised)."""
+    return HyperparameterTuner(
+        estimator,
+        objective_metric_name=OBJECTIVE_METRIC,
+        hyperparameter_ranges={space.name: to_parameter(space) for space in spec.ranges},
+        metric_definitions=[dict(d) for d in METRIC_DEFINITIONS],
+        strategy="Bayesian",
+        objective_type=OBJECTIVE_TYPE,
+        max_jobs=spec.max_jobs,
+        max_parallel_jobs=spec.max_parallel_jobs,
+        early_stopping_type="Auto" if spec.early_stopping else "Off",
+        random_seed=spec.seed,
+        tags=_tags(spec.job.tags),
+    )
+
+
 def tune(spec: TuningSpec, settings: SageMakerSettings, *,
          session: sagemaker.Session | None = None) -> TuningResult:
     """Start a Bayesian tuning job over ``spec.ranges``; when waiting, report its best job.
@@ -213,23 +276,11 @@ def tune(spec: TuningSpec, settings: SageMakerSettings, *,
     CheckpointConfig, and one job must not resume from another's weights.
     """
     session = session or make_session(settings)
-    inputs = _channels(spec.job)
+    inputs = training_inputs(spec.job)
     with tempfile.TemporaryDirectory(prefix="carvana-source-") as tmp:
         estimator = build_estimator(spec.job, settings, session, stage_training_source(Path(tmp) / "source"),
                                     checkpoints=spec.job.checkpoint_uri is not None)
-        tuner = HyperparameterTuner(
-            estimator,
-            objective_metric_name=OBJECTIVE_METRIC,
-            hyperparameter_ranges={space.name: to_parameter(space) for space in spec.ranges},
-            metric_definitions=[dict(d) for d in METRIC_DEFINITIONS],
-            strategy="Bayesian",
-            objective_type=OBJECTIVE_TYPE,
-            max_jobs=spec.max_jobs,
-            max_parallel_jobs=spec.max_parallel_jobs,
-            early_stopping_type="Auto" if spec.early_stopping else "Off",
-            random_seed=spec.seed,
-            tags=_tags(spec.job.tags),
-        )
+        tuner = build_tuner(spec, estimator)
         tuner.fit(inputs=inputs, job_name=spec.name, wait=settings.wait)
     if not settings.wait:  # just started: no best job yet (carvana tune ... reports it when waiting)
         return TuningResult(tuning_job_name=spec.name, best_job_name=None, best_objective=None,
@@ -255,15 +306,6 @@ def describe_tuning(tuning_job_name: str, session: sagemaker.Session) -> TuningR
         best_metrics={m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList", [])},
         status=status,
     )
-
-
-def model_data_of(job_name: str, session: sagemaker.Session) -> str:
-    """The s3:// model.tar.gz a completed training job left."""
-    result = describe_job(job_name, session)
-    if result.status != "Completed" or not result.model_artifact:
-        raise LaunchError(f"training job {job_name} is {result.status}: only a Completed job has a model "
-                          "to deploy")
-    return result.model_artifact
 
 
 def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
@@ -331,8 +373,8 @@ class SageMakerBackend:
     def tune(self, spec: TuningSpec) -> TuningResult:
         return tune(spec, self.settings, session=self.session)
 
-    def model_data(self, job_name: str) -> str:
-        return model_data_of(job_name, self.session)
+    def describe_job(self, job_name: str) -> JobResult:
+        return describe_job(job_name, self.session)
 
     def deploy(self, spec: DeploySpec) -> DeployResult:
         return deploy(spec, self.settings, session=self.session)

@@ -16,11 +16,29 @@ from trainer.launch.errors import LaunchError
 from trainer.launch.naming import CHANNEL_PATTERN, MAX_TUNING_JOB_NAME, check_name
 from trainer.launch.search_space import SEARCH_SPACE, Range
 from trainer.training.hyperparameters import HyperValue
+from trainer.training.log_lines import PARTIAL_METRIC
 
 DEFAULT_TRAINING_INSTANCE = "ml.g5.xlarge"
 # A CPU instance serves a 256x384 U-Net in well under a second per photo at a fraction of a GPU's
 # price; pass --instance-type ml.g4dn.xlarge for a GPU endpoint.
 DEFAULT_ENDPOINT_INSTANCE = "ml.m5.xlarge"
+# The entry point's wall-clock budget flag, derived from max_run unless given.
+MAX_MINUTES = "max-minutes"
+# Time a job keeps after its training budget for the export, the archive and SageMaker's upload
+# (and the container's start, which max_run counts too): 10 % of max_run, at least 2, at most 15 min.
+EXPORT_MARGIN_FRACTION, EXPORT_MARGIN_MIN_S, EXPORT_MARGIN_MAX_S = 0.10, 120, 900
+
+
+def default_max_minutes(max_run_s: int) -> float | None:
+    """The entry point's ``--max-minutes`` for a job SageMaker stops after ``max_run_s`` seconds.
+
+    SageMaker stops a job at MaxRuntimeInSeconds with SIGTERM and kills it 120 s later; a budget
+    that ends training a margin earlier lets the job finish on its own and export everything.
+    None when max_run is too short to leave a minute of training after the margin.
+    """
+    margin = min(max(EXPORT_MARGIN_FRACTION * max_run_s, EXPORT_MARGIN_MIN_S), EXPORT_MARGIN_MAX_S)
+    minutes = (max_run_s - margin) / 60
+    return round(minutes, 2) if minutes >= 1 else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,14 @@ class JobSpec:
         if not self.spot:
             return None
         return self.max_wait_s if self.max_wait_s is not None else 2 * self.max_run_s
+
+    @property
+    def job_hyperparameters(self) -> dict[str, HyperValue]:
+        """What the job is sent: the hyperparameters plus ``max-minutes`` from ``max_run_s`` unless set."""
+        derived = default_max_minutes(self.max_run_s)
+        if MAX_MINUTES in self.hyperparameters or derived is None:
+            return dict(self.hyperparameters)
+        return {**self.hyperparameters, MAX_MINUTES: derived}
 
     def with_hyperparameters(self, job_name: str, extra: Mapping[str, HyperValue]) -> JobSpec:
         """The same job under another name with some hyperparameters replaced (one tuning trial)."""
@@ -149,6 +175,29 @@ class JobResult:
     job_dir: Path | None = None  # local backend: <work>/<job-name>
     hyperparameters: Mapping[str, HyperValue] = field(default_factory=dict)
     failure_reason: str = ""
+
+    @property
+    def model_partial(self) -> bool | None:
+        """True when the job was stopped and exported fewer epochs than asked; None if it never said."""
+        value = self.final_metrics.get(PARTIAL_METRIC)
+        return None if value is None else value == 1
+
+    def deployable_model(self) -> str:
+        """The model.tar.gz to deploy: of a Completed job, or of a Stopped one that exported a model.
+
+        SageMaker uploads /opt/ml/model for a stopped job too, and "this intermediate data is a
+        valid model artifact. You can use it to create a model with CreateModel" (service model,
+        ``StoppingCondition``); the entry point exports on SIGTERM and says so (``model_partial``).
+        """
+        if self.model_artifact and (
+            self.status == "Completed" or (self.status == "Stopped" and self.model_partial is not None)
+        ):
+            return self.model_artifact
+        if self.status == "Stopped":
+            raise LaunchError(f"training job {self.job_name} was stopped before it exported a model "
+                              "(no model_partial line in its log)")
+        raise LaunchError(f"training job {self.job_name} is {self.status}: only a Completed or Stopped job "
+                          "has a model to deploy")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ newest full model (weights *and* optimizer state) as ``.keras``, the best weight
 small ``state.json`` naming them, with the epoch count, the metric history and the counters of
 early stopping and learning-rate reduction. Each file is written under a temporary name and
 renamed, and ``state.json`` is renamed last, so a kill at any instant leaves a consistent state.
+
+A stop (SIGTERM) ends ``fit`` at the next batch boundary, after that checkpoint; the entry point
+then exports the best weights so far, marked partial, within SageMaker's 120 s grace period.
 """
 
 from __future__ import annotations
@@ -43,7 +46,16 @@ class CheckpointError(CarvanaError, ValueError):
 
 
 class TrainingInterruptedError(Exception):
-    """Raised (after saving a checkpoint) to leave ``fit`` at once when a stop signal arrived."""
+    """Raised (after saving a checkpoint) to leave ``fit`` at once when a stop signal arrived.
+
+    ``epoch`` is the 1-based epoch that was running and ``batches`` the batches of it done (0 when
+    the stop came between epochs or before training began).
+    """
+
+    def __init__(self, message: str, *, epoch: int = 0, batches: int = 0) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.batches = batches
 
 
 def _json_number(value: Any) -> Any:
@@ -100,7 +112,8 @@ class StopRequest:
     """Remembers a SIGTERM so training can stop at the next step boundary, after a checkpoint.
 
     The handler only sets a flag: saving from inside a signal handler could interleave with a
-    checkpoint already being written.
+    checkpoint already being written. It stays installed through the export, so a SIGTERM that
+    arrives while the SavedModel is being written cannot kill the process half-way.
     """
 
     def __init__(self) -> None:
@@ -112,7 +125,11 @@ class StopRequest:
 
     def __call__(self, signum: int, frame: object) -> None:
         self.signal = signum
-        print(f"received {signal.Signals(signum).name}: saving a checkpoint and stopping", flush=True)
+        print(
+            f"received {signal.Signals(signum).name}: stopping at the next batch, saving a checkpoint "
+            "and exporting the best weights so far",
+            flush=True,
+        )
 
     @contextlib.contextmanager
     def installed(self, signals: Sequence[int] = (signal.SIGTERM,)) -> Iterator[StopRequest]:
@@ -148,6 +165,8 @@ class Checkpointer(keras.callbacks.Callback):
         self.resumable = resumable
         # Only the chief of a multi-worker job writes; the others keep the state in memory.
         self.enabled = enabled
+        self.epoch = 0  # 1-based epoch running now
+        self.batches = 0  # batches of it done
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         for name, callback in self.resumable.items():
@@ -155,7 +174,11 @@ class Checkpointer(keras.callbacks.Callback):
                 setattr(callback, attribute, value)
         self._stop_if_requested()
 
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch, self.batches = epoch + 1, 0
+
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches = batch + 1
         self._stop_if_requested()
 
     def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
@@ -178,6 +201,8 @@ class Checkpointer(keras.callbacks.Callback):
             with atomic_path(self.checkpoint_dir / BEST_WEIGHTS_NAME) as tmp:
                 self.model.save_weights(tmp)
         self.save()
+        self.batches = 0  # between epochs: a stop now loses nothing of this one
+        self.epoch = epoch + 1
         self._stop_if_requested()
 
     def save(self) -> None:
@@ -200,9 +225,12 @@ class Checkpointer(keras.callbacks.Callback):
             # Weights from a part-finished epoch are still better than none; the epoch count stays
             # at the last complete epoch, so the resumed run repeats the unfinished one.
             self.save()
+            where = f" ({self.batches} batches into epoch {self.epoch})" if self.batches else ""
             raise TrainingInterruptedError(
-                f"stopped by signal after {self.state.epoch} complete epochs; "
-                f"checkpoint {self.checkpoint_dir / (self.state.checkpoint or '')}"
+                f"stopped by signal after {self.state.epoch} complete epochs{where}; "
+                f"checkpoint {self.checkpoint_dir / (self.state.checkpoint or '')}",
+                epoch=self.epoch if self.batches else 0,
+                batches=self.batches,
             )
 
 
@@ -283,24 +311,50 @@ def write_history(history: dict[str, list[float]], output_data_dir: Path) -> Non
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training at the end of the epoch that crosses ``max_minutes`` of wall-clock time."""
+    """Stops training at an epoch end once the next epoch would not finish within ``max_minutes``.
+
+    The budget is meant to end a job before SageMaker's MaxRuntimeInSeconds does (the launcher
+    derives it from ``max_run``), with time left to export: so it stops when the time used plus
+    the longest epoch so far would cross it, not only after an epoch has crossed it.
+    """
 
     def __init__(self, max_minutes: float, start_time: float) -> None:
         super().__init__()
         self.max_minutes = max_minutes
         self.start_time = start_time
         self.exhausted = False
+        self.epoch_start = start_time
+        self.longest_epoch_min = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch_start = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        minutes = (time.monotonic() - self.start_time) / 60
+        now = time.monotonic()
+        minutes = (now - self.start_time) / 60
+        self.longest_epoch_min = max(self.longest_epoch_min, (now - self.epoch_start) / 60)
         if minutes >= self.max_minutes:
-            self.exhausted = True
-            self.model.stop_training = True
-            print(
-                f"time budget of {self.max_minutes:g} min reached after epoch {epoch + 1} "
-                f"({minutes:.1f} min): stopping",
-                flush=True,
+            reason = f"reached after epoch {epoch + 1} ({minutes:.1f} min)"
+        elif minutes + self.longest_epoch_min > self.max_minutes:
+            reason = (
+                f"would be crossed by epoch {epoch + 2} ({minutes:.1f} min used, epochs take up to "
+                f"{self.longest_epoch_min:.1f} min)"
             )
+        else:
+            return
+        self.exhausted = True
+        self.model.stop_training = True
+        print(f"time budget of {self.max_minutes:g} min {reason}: stopping", flush=True)
+
+
+def cosine_learning_rate(epoch: int, epochs: int, initial: float, floor: float) -> float:
+    """The rate for 0-based ``epoch`` of a cosine decay from ``initial`` to ``floor`` over ``epochs``.
+
+    The schedule's length is the run's length, so ``epochs`` shapes the whole run (a tuner's
+    epochs range compares different runs, not one run stopped at different points).
+    """
+    progress = min(epoch / max(epochs, 1), 1.0)
+    return floor + 0.5 * (initial - floor) * (1 + math.cos(math.pi * progress))
 
 
 class MaskPreview(keras.callbacks.Callback):

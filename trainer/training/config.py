@@ -38,6 +38,7 @@ from trainer.training.hyperparameters import (
 LOCAL_ROOT = Path("runs")
 MIXED_PRECISION_MODES = ("auto", "true", "false")
 VERBOSE_MODES = ("auto", "0", "1", "2")
+LR_SCHEDULES = ("cosine", "plateau")
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -136,11 +137,18 @@ class OptimisationConfig:
     learning_rate: float = hyperparameter(
         1e-3, "Adam's initial rate", bounds=POSITIVE, search=Span(1e-4, 3e-3, log=True), launcher=True
     )
-    lr_patience: int = hyperparameter(3, "epochs without gain before an LR cut")
-    lr_factor: float = hyperparameter(
-        0.5, "learning-rate multiplier at a cut", bounds=Bounds(0.0, 1.0, low_inclusive=False)
+    lr_schedule: str = hyperparameter(
+        "cosine",
+        "cosine = decay to min-lr over --epochs (the run's length shapes the run); "
+        "plateau = cut by lr-factor after lr-patience epochs without val_loss gain",
+        choices=LR_SCHEDULES,
     )
-    min_lr: float = hyperparameter(1e-5, "floor of the learning rate")
+    lr_patience: int = hyperparameter(3, "plateau schedule: epochs without gain before an LR cut")
+    lr_factor: float = hyperparameter(
+        0.5, "plateau schedule: learning-rate multiplier at a cut",
+        bounds=Bounds(0.0, 1.0, low_inclusive=False),
+    )
+    min_lr: float = hyperparameter(1e-5, "floor of the learning rate (the cosine schedule's end)")
 
 
 @dataclass(frozen=True)
@@ -148,12 +156,16 @@ class StoppingConfig:
     """stopping: epochs, early stopping and the wall-clock budget."""
 
     epochs: int = hyperparameter(
-        100, "most epochs to train", bounds=POSITIVE, search=Span(10, 40), launcher=True
+        100, "epochs to train (also the cosine schedule's length)", bounds=POSITIVE, search=Span(10, 40),
+        launcher=True,
     )
-    patience: int = hyperparameter(10, "early stopping: epochs without val_loss gain")
+    patience: int = hyperparameter(
+        10, "early stopping: epochs without val_loss gain; 0 = off", bounds=Bounds(low=0.0, note="0 = off")
+    )
     max_minutes: float = hyperparameter(
         0.0,
-        "wall-clock budget: stop after the epoch that crosses it, then export; 0 = none",
+        "wall-clock budget: stop at the epoch end after which the next epoch would cross it, then "
+        "export; 0 = none (carvana fit/tune set it from --max-run)",
         bounds=Bounds(low=0.0, note="0 = no budget"),
     )
 

@@ -5,6 +5,11 @@ relied on tensor collection that no longer works with tf.keras on TF 2.19, so th
 here as plain callbacks. Each finding is printed the moment it happens (so it shows in the job's
 log) and collected in ``debugger-report.json``, which is rewritten whole after every finding and
 every epoch, so it is current even when a job is killed.
+
+The findings are also published where SageMaker users look: once per epoch a line of counts
+(``debugger_findings=2 debugger_overfitting=1 ... grad_norm=3.1e-01``) that the estimator's metric
+definitions scrape into CloudWatch metrics (``trainer.launch.metrics``; a CloudWatch alarm on
+``debugger_findings`` can page someone), and TensorBoard scalars and text under ``debugger/``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ import tensorflow as tf
 
 from trainer.atomic import write_json
 from trainer.command import CarvanaError
+from trainer.training.log_lines import (
+    DEBUGGER_RULES,
+    FINDINGS_METRIC,
+    GRAD_NORM_METRIC,
+    debugger_line,
+    rule_metric,
+)
 
 REPORT_NAME = "debugger-report.json"
 
@@ -58,11 +70,22 @@ class Finding:
 class Debugger:
     """Collects findings and gradient norms and keeps ``debugger-report.json`` up to date."""
 
-    def __init__(self, report_path: str | Path, config: DebuggerConfig, *, resume: bool = False) -> None:
+    def __init__(
+        self,
+        report_path: str | Path,
+        config: DebuggerConfig,
+        *,
+        resume: bool = False,
+        tensorboard_dir: str | Path | None = None,
+    ) -> None:
         self.report_path = Path(report_path)
         self.config = config
         self.findings: list[dict[str, Any]] = []
         self.gradient_norms: list[dict[str, Any]] = []
+        # TensorBoard: scalars and the findings' text under <tensorboard_dir>/debugger (None: no writer).
+        self.writer = None
+        if tensorboard_dir:
+            self.writer = tf.summary.create_file_writer(str(Path(tensorboard_dir) / "debugger"))
         if resume and self.report_path.is_file():
             # A resumed run continues the interrupted run's report rather than starting over.
             previous = json.loads(self.report_path.read_text())
@@ -74,10 +97,39 @@ class Debugger:
         finding = Finding(rule=rule, epoch=epoch, message=message, details=details, time=time.time())
         self.findings.append(asdict(finding))
         print(f"debugger: [{rule}] epoch {epoch}: {message}", flush=True)
+        if self.writer is not None:
+            with self.writer.as_default():
+                tf.summary.text("debugger/finding", f"**{rule}** (epoch {epoch}): {message}", step=epoch)
+            self.writer.flush()
         self.write()
 
     def record_gradient_norm(self, epoch: int, norm: float) -> None:
         self.gradient_norms.append({"epoch": epoch, "global_norm": norm})
+
+    def publish(self, epoch: int) -> None:
+        """Print the metrics line and write the same numbers to TensorBoard, for ``epoch``."""
+        norm = self.gradient_norms[-1]["global_norm"] if self.gradient_norms else None
+        print(debugger_line(self.findings, norm), flush=True)
+        if self.writer is None:
+            return
+        with self.writer.as_default():
+            tf.summary.scalar(f"debugger/{FINDINGS_METRIC}", len(self.findings), step=epoch)
+            for rule in DEBUGGER_RULES:
+                count = sum(f["rule"] == rule for f in self.findings)
+                tf.summary.scalar(f"debugger/{rule_metric(rule)}", count, step=epoch)
+            if norm is not None and math.isfinite(norm):
+                tf.summary.scalar(f"debugger/{GRAD_NORM_METRIC}", norm, step=epoch)
+        self.writer.flush()
+
+    def metrics_logger(self) -> keras.callbacks.Callback:
+        """The callback publishing the metrics once per epoch (after the tuner's epoch line)."""
+        return MetricsPublisher(self)
+
+    def close(self) -> None:
+        """Write the report a last time and close the TensorBoard writer."""
+        self.write()
+        if self.writer is not None:
+            self.writer.close()
 
     def rules_fired(self) -> list[str]:
         return [finding["rule"] for finding in self.findings]
@@ -253,3 +305,14 @@ class ReportWriter(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.debugger.write()
+
+
+class MetricsPublisher(keras.callbacks.Callback):
+    """Publishes the debugger's counts and the gradient norm after each epoch (:meth:`Debugger.publish`)."""
+
+    def __init__(self, debugger: Debugger) -> None:
+        super().__init__()
+        self.debugger = debugger
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.debugger.publish(epoch + 1)

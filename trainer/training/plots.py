@@ -27,10 +27,21 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: str | Pat
                 ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=name)
         ax.set_title(title)
         ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: plt.Figure, path: str | Path, *, dpi: int = 100) -> Path:
+    """Light grid on every panel, then ``fig`` written to ``path`` whole (atomically) and closed.
+
+    Every chart the project writes (curves, tuning, system monitoring) is read while a job runs,
+    so none may be seen half-written.
+    """
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+    path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
+        fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     return path
