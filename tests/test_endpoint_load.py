@@ -43,7 +43,8 @@ def mask_of(response: requests.Response) -> np.ndarray:
     "document",
     [
         lambda b64: {"instances": [{"b64": b64}]},
-        lambda b64: {"signature_name": "mask_png", "instances": [{"image_bytes": {"b64": b64}, "orientation": 1}]},
+        lambda b64: {"signature_name": "mask_png",
+                     "instances": [{"image_bytes": {"b64": b64}, "orientation": 1}]},
         lambda b64: {"inputs": {"image_bytes": [{"b64": b64}]}},
     ],
     ids=["serving_default", "mask_png", "columnar"],
@@ -72,12 +73,14 @@ def test_admission_config_from_flags_and_environment(tmp_path: Path) -> None:
     config = server.ServeConfig.from_args(parser.parse_args(["--model", str(tmp_path)]), env)
     assert config.admission == AdmissionConfig(max_inflight=3, max_queue=0, deadline_s=9.5)
     assert config.gunicorn_threads == 3 + 0 + 2
-    args = parser.parse_args(["--model", str(tmp_path), "--max-queue", "4", "--deadline", "2", "--threads", "7"])
+    flags = ["--max-queue", "4", "--deadline", "2", "--threads", "7"]
+    args = parser.parse_args(["--model", str(tmp_path), *flags])
     config = server.ServeConfig.from_args(args, env)
     assert config.admission == AdmissionConfig(max_inflight=3, max_queue=4, deadline_s=2.0)
     assert config.gunicorn_threads == 7
     default = server.ServeConfig.from_args(parser.parse_args(["--model", str(tmp_path)]), {})
-    assert (default.admission.max_inflight, default.admission.max_queue, default.gunicorn_threads) == (2, 6, 10)
+    admission = default.admission
+    assert (admission.max_inflight, admission.max_queue, default.gunicorn_threads) == (2, 6, 10)
     with pytest.raises(ValueError, match="CARVANA_MAX_INFLIGHT must be >= 1, got 0"):
         AdmissionConfig.from_env({"CARVANA_MAX_INFLIGHT": "0"})
     with pytest.raises(ValueError, match="CARVANA_REQUEST_DEADLINE_SECONDS must be a number, got 'soon'"):
