@@ -58,9 +58,10 @@ ENDPOINT_PAYLOAD_LIMIT = 6 * MB
 # A synchronous Lambda invocation carries at most 6 MB each way, the event's JSON included.
 LAMBDA_PAYLOAD_LIMIT = 6 * MB
 # A 1918x1280 Carvana photo is 2.5 MP, a phone photo 12 MP. A few KB of PNG can claim billions of
-# pixels, so the header is checked against this before anything is decoded. Sized for memory: one
-# request peaks at about 26 bytes per pixel in the graph and handler (README "Limits and
-# concurrency"), so 8 concurrent 16 MP photos stay near 3.3 GB over the model's own memory.
+# pixels, so the header is checked against this before anything is decoded. Sized for memory and
+# time with 8 concurrent clients (bench/load.py --largest, README "Limits and concurrency"): 8
+# concurrent 16 MP photos add 0.8 GB to the worker (1.4 GB peak, an ml.c5.large has 4 GiB) and
+# answer within 12 s p99 on 2 cores; at 40 MP it was +1.5 GB and 28 s p99, near SageMaker's 60 s.
 MAX_PIXELS = 16_000_000
 
 MEDIA_MASK_PNG = "image/png"
