@@ -37,24 +37,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from local_aws.endpoint.batching import env_number
+
 log = logging.getLogger(__name__)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 GATED_PREFIXES = ("/invocations", "/endpoints/", "/v1/models", "/tfs/v1/models")
 RUNTIME_PREFIX = "/endpoints/"
-
-
-def _env_number(env: Mapping[str, str], name: str, default: float, minimum: float, kind: type) -> Any:
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {raw}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -77,9 +66,9 @@ class AdmissionConfig:
     def from_env(cls, env: Mapping[str, str]) -> AdmissionConfig:
         """The variables in :attr:`ENV` (in flight >= 1, queue >= 0, deadline > 0), else the defaults."""
         return cls(
-            max_inflight=_env_number(env, cls.ENV["max_inflight"], cls.max_inflight, 1, int),
-            max_queue=_env_number(env, cls.ENV["max_queue"], cls.max_queue, 0, int),
-            deadline_s=_env_number(env, cls.ENV["deadline_s"], cls.deadline_s, 0.001, float),
+            max_inflight=env_number(env, cls.ENV["max_inflight"], cls.max_inflight, 1, int),
+            max_queue=env_number(env, cls.ENV["max_queue"], cls.max_queue, 0, int),
+            deadline_s=env_number(env, cls.ENV["deadline_s"], cls.deadline_s, 0.001, float),
         )
 
     @property

@@ -301,15 +301,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_positive, help="threads per worker (default "
                         "$SAGEMAKER_GUNICORN_THREADS or max-inflight + max-queue + 2)")
     defaults = AdmissionConfig()
-    parser.add_argument("--max-inflight", type=_positive,
-                        help="requests running at once per worker; more wait in the queue "
-                        f"(default ${AdmissionConfig.ENV['max_inflight']} or {defaults.max_inflight})")
-    parser.add_argument("--max-queue", type=_non_negative,
-                        help="requests waiting per worker; beyond it 503 with Retry-After "
-                        f"(default ${AdmissionConfig.ENV['max_queue']} or {defaults.max_queue})")
-    parser.add_argument("--deadline", type=_positive_seconds,
-                        help="seconds a request may wait and run: 503 if still waiting, 504 if still "
-                        f"running (default ${AdmissionConfig.ENV['deadline_s']} or {defaults.deadline_s:g})")
+    for flag, name, kind, what in (
+        ("--max-inflight", "max_inflight", _positive, "requests running at once per worker; more wait"),
+        ("--max-queue", "max_queue", _non_negative, "requests waiting per worker; beyond, 503 + Retry-After"),
+        ("--deadline", "deadline_s", _positive_seconds,
+         "seconds a request may wait and run: 503 if still waiting, 504 if still running"),
+    ):
+        default = f"${AdmissionConfig.ENV[name]} or {getattr(defaults, name):g}"
+        parser.add_argument(flag, type=kind, help=f"{what} (default {default})")
     parser.add_argument("--max-request-bytes", type=_positive,
                         help="larger bodies get 413 "
                         f"(default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})")
