@@ -16,8 +16,15 @@ Request body, by ``Content-Type``:
 Response, by ``Accept`` (``*/*`` and ``image/*`` mean the mask; no header means JSON, the container's
 default):
   ``image/png``                    the mask as a PNG (mode L, 0 = background, 255 = car) at the photo's size
-  ``application/json``             ``{"rle": ..., "width": W, "height": H, "car_fraction": f}``, RLE as in
+  ``application/json``             ``{"rle": ..., "width": W, "height": H, "car_fraction": f,
+                                   "orientation": "display", "exif_orientation": o}``, RLE as in
                                    Kaggle's train_masks.csv (row-major, 1-indexed "start length" pairs)
+
+Every answer is in the orientation a screen shows the photo: the handler reads the EXIF Orientation
+tag from the JPEG's APP1 (or PNG's eXIf) header with the standard library and sends it with the bytes
+to ``mask_png``, whose graph turns the decoded photo upright before the network; the cut-out turns
+the photo by the same tag (trainer.wire.orient). ``width``/``height`` are the displayed size;
+``exif_orientation`` is the tag that was applied (1: stored as shown).
   ``image/png; variant=cutout``    the photo as an RGBA PNG whose alpha channel is the mask (background
                                    transparent and black); answered with that same Content-Type
 
@@ -28,30 +35,28 @@ on AWS the message arrives intact but under 500; ``carvana serve`` honours ``sta
 
 Media types, negotiation, base64, limits, RLE and the cut-out are trainer/wire.py's, vendored as
 ``code/trainer/wire.py``: the Lambda and the offline tools run the same code. Only the standard
-library, NumPy and Pillow here (``code/requirements.txt``): no TensorFlow in the container's Python
-service. Limits come from the environment once, at import (``CARVANA_MAX_IMAGE_BYTES``,
-``CARVANA_MAX_PIXELS``), because the container offers no other configuration channel.
+library, NumPy and Pillow here (``code/requirements.txt``, or unpacked under ``code/lib`` by
+``carvana package --offline``): no TensorFlow in the container's Python service. Limits come from the
+environment once, at import (``CARVANA_MAX_IMAGE_BYTES``, ``CARVANA_MAX_PIXELS``; trainer.wire's
+PhotoLimits), because the container offers no other configuration channel; they are checked from the
+photo's header alone (trainer.wire.check_photo) before anything is decoded.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import threading
-import warnings
 from typing import Any, NamedTuple
 
-from PIL import Image, UnidentifiedImageError
-
 from trainer.wire import (
-    ENDPOINT_PAYLOAD_LIMIT,
     INPUT_NAME,
-    MAX_PIXELS,
     MEDIA_JSON,
+    ORIENTATION_INPUT,
     PHOTO_CONTENT_TYPES,
     SIGNATURE,
     OutputFormat,
+    PhotoHeader,
+    PhotoLimits,
     WireError,
     b64decode,
     b64encode,
@@ -62,40 +67,12 @@ from trainer.wire import (
     negotiate,
     rle_encode,
 )
+from trainer.wire import check_photo as _check_photo
 
-PHOTO_FORMATS = ("JPEG", "PNG")
 # Without an Accept header the container answers JSON (python_service.py's default).
 DEFAULT_OUTPUT = OutputFormat.RLE_JSON
-
-
-class HandlerLimits(NamedTuple):
-    """What one request may carry: bytes of the photo, and pixels (checked from the header alone).
-
-    NamedTuple, not a dataclass: the container imports this file with importlib without adding it to
-    sys.modules, and dataclasses look their module up there (AttributeError on import).
-    """
-
-    # SageMaker real-time endpoints accept 6 MB per request; larger photos go through S3.
-    max_image_bytes: int = ENDPOINT_PAYLOAD_LIMIT
-    # Checked from the header before anything is decoded (a few KB of PNG can claim billions).
-    max_pixels: int = MAX_PIXELS
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> HandlerLimits:
-        """Limits from ``CARVANA_MAX_IMAGE_BYTES`` / ``CARVANA_MAX_PIXELS`` (the model's env vars)."""
-        env = os.environ if env is None else env
-        values = {}
-        for field_name, variable in (("max_image_bytes", "CARVANA_MAX_IMAGE_BYTES"),
-                                     ("max_pixels", "CARVANA_MAX_PIXELS")):
-            if variable in env:
-                try:
-                    values[field_name] = int(env[variable])
-                except ValueError:
-                    raise ValueError(f"{variable}={env[variable]!r} is not an integer") from None
-        return cls(**values)
-
-
-LIMITS = HandlerLimits.from_env()
+# This endpoint's limits, from the model's environment (the container offers no other channel).
+LIMITS = PhotoLimits.from_env()
 
 
 class _Pending(NamedTuple):
@@ -104,6 +81,7 @@ class _Pending(NamedTuple):
     context: Any
     photo: bytes
     output: OutputFormat
+    orientation: int | None = None
 
 
 # The container calls input_handler, TF Serving and output_handler one after the other on the same
@@ -136,41 +114,14 @@ def _photo_from_json(body: bytes) -> bytes:
     return b64decode(instance["b64"], 'JSON field "instances[0].b64"')
 
 
-def check_photo(photo: bytes, limits: HandlerLimits = LIMITS) -> tuple[str, int, int]:
-    """``(format, width, height)`` of a JPEG/PNG photo, read from its header only.
+def check_photo(photo: bytes, limits: PhotoLimits = LIMITS) -> PhotoHeader:
+    """The photo's header (type, stored size, EXIF orientation), read without decoding anything.
 
-    Raises WireError for an empty or oversized body, bytes that are no image, formats the model
-    cannot decode, and pixel counts over the limit (a decompression bomb is refused before decoding).
+    trainer.wire.check_photo under this endpoint's limits: WireError for an empty or oversized body,
+    bytes that are no image, formats the model cannot decode, and pixel counts over the limit (a
+    decompression bomb is refused from its header).
     """
-    if not photo:
-        raise WireError("request body is empty: send a JPEG or PNG photo")
-    if len(photo) > limits.max_image_bytes:
-        raise WireError(
-            f"photo is {len(photo)} bytes, over the limit of {limits.max_image_bytes} bytes "
-            "(send larger photos through S3)",
-            413,
-        )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(photo)) as image:
-                kind, (width, height) = image.format, image.size
-        except Image.DecompressionBombError as err:
-            raise WireError(f"photo refused as a decompression bomb: {err}", 413) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            raise WireError(
-                f"request body ({len(photo)} bytes, starting {photo[:8]!r}) is not an image: "
-                "expected JPEG or PNG bytes"
-            ) from None
-    if kind not in PHOTO_FORMATS:
-        raise WireError(f"photo format {kind} is not supported: send JPEG or PNG", 415)
-    if width * height > limits.max_pixels:
-        raise WireError(
-            f"photo is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{limits.max_pixels} pixels (refused before decoding)",
-            413,
-        )
-    return kind, width, height
+    return _check_photo(photo, limits)
 
 
 def _read(data: Any) -> bytes:
@@ -202,12 +153,12 @@ def input_handler(data: Any, context: Any) -> str:
             f"{', '.join(PHOTO_CONTENT_TYPES)} (the photo's bytes) or {MEDIA_JSON} (base64)",
             415,
         )
-    check_photo(photo)
-    _pending.value = _Pending(context, photo, output)
+    header = check_photo(photo)
+    _pending.value = _Pending(context, photo, output, header.orientation)
     return json.dumps(
         {
             "signature_name": SIGNATURE,
-            "instances": [{INPUT_NAME: {"b64": b64encode(photo)}}],
+            "instances": [{INPUT_NAME: {"b64": b64encode(photo)}, ORIENTATION_INPUT: header.orientation}],
         }
     )
 
@@ -249,6 +200,9 @@ def output_handler(response: Any, context: Any) -> tuple[bytes, str]:
             "width": result["width"],
             "height": result["height"],
             "car_fraction": result["car_fraction"],
+            # The graph turned the photo upright: mask, RLE and size are as a screen shows it.
+            "orientation": "display",
+            "exif_orientation": pending.orientation,
         }
         return json.dumps(body).encode("utf-8"), OutputFormat.RLE_JSON.value
     if not pending.photo:

@@ -302,3 +302,29 @@ def png_header() -> Callable[[int, int], bytes]:
         return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", row) + chunk(b"IEND", b"")
 
     return make
+
+
+def _with_orientation(photo: bytes, orientation: int) -> bytes:
+    """``photo`` (JPEG or PNG bytes) with an EXIF Orientation tag added and its image data untouched:
+    an APP1 Exif segment right after the JPEG's SOI, or an eXIf chunk right after the PNG's IHDR."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    app1 = exif.tobytes()  # b"Exif\0\0" + the TIFF structure
+    if photo.startswith(b"\xff\xd8"):
+        return photo[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + photo[2:]
+    tiff = app1[6:]
+    chunk = struct.pack(">I", len(tiff)) + b"eXIf" + tiff + struct.pack(">I", zlib.crc32(b"eXIf" + tiff))
+    ihdr_end = 8 + 25  # signature, then IHDR: length, type, 13 bytes, CRC
+    return photo[:ihdr_end] + chunk + photo[ihdr_end:]
+
+
+@pytest.fixture(scope="session")
+def with_orientation() -> Callable[[bytes, int], bytes]:
+    """``with_orientation(photo_bytes, 6)``: the same photo tagged with EXIF Orientation 6 (the pixels,
+    as stored, are unchanged; a viewer shows them turned)."""
+    return _with_orientation

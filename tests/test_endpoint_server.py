@@ -138,7 +138,7 @@ def test_tf_serving_rest_formats(
     row = requests.post(
         f"{served_endpoint}/v1/models/unet:predict",
         timeout=60,
-        json={"signature_name": "mask_png", "instances": [{"image_bytes": {"b64": b64}}]},
+        json={"signature_name": "mask_png", "instances": [{"image_bytes": {"b64": b64}, "orientation": 1}]},
     )
     assert row.status_code == 200, row.text
     prediction = row.json()["predictions"][0]
@@ -287,10 +287,10 @@ def test_custom_attributes_pick_model_and_version(
 BAD_INPUTS = [
     # (id, body, content type, accept, status, message)
     ("empty", b"", "image/jpeg", "image/png", 400, "request body is empty"),
-    ("not-an-image", b"GIF89a but not really", "image/jpeg", "image/png", 400, "is not an image"),
+    ("not-an-image", b"hello, not really an image", "image/jpeg", "image/png", 400, "is not an image"),
     ("content-type", b"a,b\n1,2\n", "text/csv", "image/png", 415, "Content-Type 'text/csv' is not supported"),
     ("accept", None, "image/jpeg", "text/html", 406, "Accept 'text/html' is not supported"),
-    ("bomb", "bomb", "image/png", "image/png", 413, "refused as a decompression bomb"),
+    ("bomb", "bomb", "image/png", "image/png", 413, "refused from its header before decoding"),
     ("json", b'{"instances": "x"}', "application/json", "image/png", 400, 'non-empty "instances" list'),
 ]
 

@@ -55,6 +55,7 @@ def test_layout_and_signatures(exported):
     inputs = {name: sig.structured_input_signature[1] for name, sig in loaded.signatures.items()}
     assert inputs["serving_default"]["image_bytes"].dtype == tf.string
     assert inputs["mask_png"]["image_bytes"].shape.as_list() == [None]
+    assert inputs["mask_png"]["orientation"].dtype == tf.int32
     assert inputs["predict_images"]["images"].shape.as_list() == [None, None, None, 3]
     outputs = {name: set(sig.structured_outputs) for name, sig in loaded.signatures.items()}
     assert outputs["serving_default"] == outputs["predict_images"] == {"probabilities", "mask"}
@@ -103,7 +104,9 @@ def test_png_input_and_mixed_sizes_in_one_batch_need_mask_png(exported):
 def test_mask_png_answers_each_photo_at_its_own_size(exported):
     _, _, loaded = exported
     photos = [photo(150, 230, 1), photo(61, 77, 2), photo(64, 96, 3)]
-    out = loaded.signatures["mask_png"](image_bytes=tf.constant([encode(p) for p in photos]))
+    out = loaded.signatures["mask_png"](
+        image_bytes=tf.constant([encode(p) for p in photos]), orientation=tf.constant([1, 1, 1])
+    )
     assert out["height"].numpy().tolist() == [150, 61, 64]
     assert out["width"].numpy().tolist() == [230, 77, 96]
     for png, image, fraction in zip(
@@ -121,7 +124,7 @@ def test_mask_png_answers_each_photo_at_its_own_size(exported):
 def test_full_size_carvana_photo(exported, real_data):
     _, _, loaded = exported
     jpeg = sorted((real_data / "train").glob("*.jpg"))[0].read_bytes()
-    out = loaded.signatures["mask_png"](image_bytes=tf.constant([jpeg]))
+    out = loaded.signatures["mask_png"](image_bytes=tf.constant([jpeg]), orientation=tf.constant([1]))
     assert (int(out["height"][0]), int(out["width"][0])) == (1280, 1918)
     assert Image.open(io.BytesIO(out["mask_png_bytes"].numpy()[0])).size == (1918, 1280)
 

@@ -19,13 +19,12 @@ from PIL import Image
 from local_aws.endpoint.container import Context
 from serving import inference
 from serving.inference import (
-    HandlerLimits,
     check_photo,
     input_handler,
     negotiate_output,
     output_handler,
 )
-from trainer.wire import MEDIA_CUTOUT_PNG, OutputFormat, WireError, rle_decode
+from trainer.wire import MAX_PIXELS, MEDIA_CUTOUT_PNG, OutputFormat, PhotoLimits, WireError, rle_decode
 
 
 def context(content_type: str = "image/jpeg", accept: str = "image/png", rest_uri: str = "") -> Context:
@@ -74,6 +73,7 @@ def test_input_handler_sends_the_photo_bytes_to_mask_png(make_photo, content_typ
     request = json.loads(input_handler(io.BytesIO(photo), context(content_type)))
     assert request["signature_name"] == "mask_png"
     assert base64.b64decode(request["instances"][0]["image_bytes"]["b64"]) == photo
+    assert request["instances"][0]["orientation"] == 1  # no EXIF: as stored
 
 
 @pytest.mark.parametrize(
@@ -128,13 +128,13 @@ def test_photo_over_the_byte_limit_is_413(make_photo) -> None:
         input_handler(io.BytesIO(big), context())
     assert err.value.status == 413
     with pytest.raises(WireError, match="over the limit of 100 bytes"):
-        check_photo(photo, HandlerLimits(max_image_bytes=100))
+        check_photo(photo, PhotoLimits(max_image_bytes=100))
 
 
 @pytest.mark.parametrize(
     ("width", "height", "message"),
     [
-        (8000, 6000, "8000x6000 = 48000000 pixels, over the limit of 40000000"),
+        (5000, 4000, f"5000x4000 = 20000000 pixels, over the limit of {MAX_PIXELS}"),
         (60000, 60000, "decompression bomb"),
     ],
 )
@@ -149,11 +149,11 @@ def test_decompression_bombs_are_refused_from_the_header(
 
 
 def test_limits_come_from_the_environment() -> None:
-    limits = HandlerLimits.from_env({"CARVANA_MAX_IMAGE_BYTES": "1000", "CARVANA_MAX_PIXELS": "50"})
-    assert limits == HandlerLimits(max_image_bytes=1000, max_pixels=50)
-    assert HandlerLimits.from_env({}) == HandlerLimits()
+    limits = PhotoLimits.from_env({"CARVANA_MAX_IMAGE_BYTES": "1000", "CARVANA_MAX_PIXELS": "50"})
+    assert limits == PhotoLimits(max_image_bytes=1000, max_pixels=50)
+    assert PhotoLimits.from_env({}) == PhotoLimits()
     with pytest.raises(ValueError, match="CARVANA_MAX_PIXELS='lots' is not an integer"):
-        HandlerLimits.from_env({"CARVANA_MAX_PIXELS": "lots"})
+        PhotoLimits.from_env({"CARVANA_MAX_PIXELS": "lots"})
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])

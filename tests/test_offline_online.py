@@ -70,3 +70,42 @@ def test_predict_writes_the_endpoints_masks_and_cutouts_pixel_for_pixel(
         np.testing.assert_array_equal(offline_cutout[..., 3], offline)
         for cutout in (offline_cutout, online_cutout):
             assert cutout[cutout[..., 3] == 0].max() == 0  # RGB zeroed under alpha 0
+
+
+@pytest.mark.parametrize("orientation", [6, 3])
+def test_a_real_photo_stored_turned_gets_the_upright_photos_mask(
+    real_photos: list[Path], packaged_model: Path, served_endpoint: str, with_orientation, tmp_path: Path,
+    orientation: int,
+) -> None:
+    """A Carvana photo re-saved as a phone stores it (turned, tagged 6 or 3) gets, online and offline,
+    pixel for pixel the mask of the same pixels stored upright (no tag): the graph turns the photo
+    upright *before* the network. Turning the mask after the network instead would differ."""
+    import tensorflow as tf
+
+    from trainer.wire import orient
+
+    inverse = {6: 8, 3: 3}
+    upright = tf.io.decode_jpeg(real_photos[1].read_bytes()).numpy()
+    out = io.BytesIO()
+    Image.fromarray(orient(upright, inverse[orientation])).save(out, format="JPEG", quality=95)
+    untagged = out.getvalue()  # the stored pixels; the tag below changes no byte of the image data
+    tagged = with_orientation(untagged, orientation)
+    shown = orient(tf.io.decode_jpeg(untagged).numpy(), orientation)  # what a viewer shows, losslessly:
+    png = io.BytesIO()
+    Image.fromarray(shown).save(png, format="PNG")
+
+    online = pixels(endpoint(served_endpoint, tagged, MEDIA_MASK_PNG))[1]
+    reference = pixels(endpoint(served_endpoint, png.getvalue(), MEDIA_MASK_PNG))[1]
+    assert online.shape == (1280, 1918)
+    assert 0 < (online == 255).mean() < 1
+    np.testing.assert_array_equal(online, reference)
+
+    photo = tmp_path / "sideways.jpg"
+    photo.write_bytes(tagged)
+    out_dir = tmp_path / "predictions"
+    assert cli.main(["predict", str(photo), "--model", str(packaged_model), "--out", str(out_dir)]) == 0
+    np.testing.assert_array_equal(pixels((out_dir / "sideways_mask.png").read_bytes())[1], online)
+
+    turned_after = orient(pixels(endpoint(served_endpoint, untagged, MEDIA_MASK_PNG))[1], orientation)
+    assert turned_after.shape == online.shape
+    assert (turned_after != online).any(), "the network sees the turned photo differently"

@@ -116,7 +116,9 @@ def test_masks_are_the_endpoints_signature_and_tta_mirrors_in_the_graph(tiny_sav
         (tta,) = model.masks([_png(large)], tta=True)
         assert model.mask_pngs([]) == []
 
-    endpoint = signatures["mask_png"](image_bytes=tf.constant([_png(small), _png(large)]))
+    endpoint = signatures["mask_png"](
+        image_bytes=tf.constant([_png(small), _png(large)]), orientation=tf.constant([1, 1])
+    )
     assert pngs == [bytes(png) for png in endpoint["mask_png_bytes"].numpy()]
     np.testing.assert_array_equal(plain[1], to_mask(probabilities(large)))
     assert [m.shape for m in plain] == [(48, 80), (96, 144)] and tta.dtype == np.uint8

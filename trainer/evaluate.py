@@ -7,6 +7,11 @@ graph decodes, resizes in and back out and thresholds, so the Dice is measured o
 endpoint answers with), and scores it against the full-size truth. It writes the
 per-image scores (to find the hard angles and cars), a summary, and pictures of the worst cases,
 because the mean alone never says *what* goes wrong.
+
+Orientation: the predicted mask is in the orientation a screen shows the photo (the graph turns a
+photo with an EXIF Orientation tag upright, as the endpoint does). Truth masks are drawn over the
+photo's *stored* pixels (Kaggle's GIFs and RLE are; Kaggle's photos carry no orientation tag, so for
+them both are the same), so the truth is turned by the photo's tag before scoring.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from trainer.command import CarvanaError, UsageError, run_command
 from trainer.data.layout import DatasetError, Photo, read_mask, read_photo, scan_dataset
 from trainer.model.metrics import dice_numpy
 from trainer.saved_model_io import PhotoDecodeError, SegmentationModel, open_model, to_mask
-from trainer.wire import THRESHOLD
+from trainer.wire import ORIENTATIONS, THRESHOLD, exif_orientation, orient
 
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_JSON = "summary.json"
@@ -215,6 +220,15 @@ def write_per_image(path: Path, cases: Sequence[Case]) -> None:
         writer.writerows([c.photo.car_id, c.photo.angle, f"{c.dice:.6f}"] for c in cases)
 
 
+def display_truth(photo: Photo, orientation: int, shown: tuple[int, int]) -> np.ndarray:
+    """The truth mask in display orientation: read at the stored size, turned by the EXIF tag.
+
+    ``shown`` is the predicted mask's (height, width), the displayed size.
+    """
+    stored = (shown[1], shown[0]) if ORIENTATIONS[orientation][2] else shown  # [2]: transposed
+    return orient(read_mask(photo, stored), orientation)
+
+
 def _photo_bytes(photo: Photo) -> bytes:
     try:
         return photo.image_path.read_bytes()
@@ -234,12 +248,13 @@ def score_photos(
     with tqdm(total=len(photos), desc="evaluate", unit="img") as bar:
         for start in range(0, len(photos), config.batch_size):
             chunk = photos[start : start + config.batch_size]
+            data = [_photo_bytes(p) for p in chunk]
             try:
-                masks = model.masks([_photo_bytes(p) for p in chunk], tta=config.tta)
+                masks = model.masks(data, tta=config.tta)
             except PhotoDecodeError as err:
                 raise DatasetError(f"{chunk[err.index].image_path}: cannot read image ({err})") from None
-            for photo, mask in zip(chunk, masks, strict=True):
-                truth = read_mask(photo, mask.shape)
+            for photo, photo_bytes, mask in zip(chunk, data, masks, strict=True):
+                truth = display_truth(photo, exif_orientation(photo_bytes), mask.shape)
                 case = Case(photo, float(dice_numpy(mask, truth)))
                 cases.append(case)
                 worst.offer(case, mask)
@@ -263,8 +278,9 @@ def evaluate(config: EvaluateConfig) -> dict:
     for rank, (case, prediction) in enumerate(worst.worst_first(), start=1):
         photo = case.photo
         name = f"{rank:02d}_{photo.car_id}_{photo.angle:02d}.png"
-        image = read_photo(photo.image_path)
-        truth = read_mask(photo, image.shape[:2])
+        orientation = exif_orientation(_photo_bytes(photo))
+        image = orient(read_photo(photo.image_path), orientation)
+        truth = display_truth(photo, orientation, prediction.shape)
         title = f"#{rank}  {photo.image_path.name}  Dice {case.dice:.4f}"
         render_case(config.out / WORST_DIR / name, image, truth, prediction, title)
         worst_files.append(f"{WORST_DIR}/{name}")

@@ -9,8 +9,12 @@ size. Its three signatures, which serving, evaluation and prediction rely on:
 
 - ``serving_default``: ``image_bytes`` string [B] (JPEG/PNG, one size per batch) ->
   ``probabilities`` float32 [B,H,W], ``mask`` uint8 [B,H,W] in {0, 1}
-- ``mask_png``: ``image_bytes`` string [B] (sizes may differ) -> ``mask_png_bytes`` string [B]
-  (PNG, 0/255, each photo's size), ``height``/``width`` int32 [B], ``car_fraction`` float32 [B]
+- ``mask_png``: ``image_bytes`` string [B] (sizes may differ) and ``orientation`` int32 [B] (each
+  photo's EXIF orientation, 1..8, read by trainer.wire.photo_header; anything else counts as 1) ->
+  ``mask_png_bytes`` string [B] (PNG, 0/255, each photo's size as a screen shows it),
+  ``height``/``width`` int32 [B] (that displayed size), ``car_fraction`` float32 [B]. The decoded
+  photo is turned upright *before* the network, which was trained on upright photos: a phone photo
+  stored sideways gets the mask of the upright photo, not a squashed sideways guess turned after.
 - ``mask_png_tta``: as ``mask_png``, with each photo's probabilities averaged with those of its
   mirror image (flipped back): test-time augmentation inside the graph, so ``carvana evaluate
   --tta`` decodes and resizes the photo exactly as the endpoint does
@@ -30,10 +34,35 @@ import keras
 import tensorflow as tf
 
 from trainer.model_metadata import write_metadata
-from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE
+from trainer.wire import (
+    INPUT_NAME,
+    MODEL_NAME,
+    ORIENTATION_INPUT,
+    ORIENTATIONS,
+    SIGNATURE,
+    THRESHOLD,
+    TTA_SIGNATURE,
+)
 
 MODEL_VERSION = 1
 BYTES_SPEC = tf.TensorSpec([None], tf.string, name=INPUT_NAME)
+ORIENTATION_SPEC = tf.TensorSpec([None], tf.int32, name=ORIENTATION_INPUT)
+# trainer.wire.ORIENTATIONS as a lookup table; row 0 (and anything outside 1..8) is "as stored".
+_ORIENTATION_TABLE = [ORIENTATIONS.get(index, ORIENTATIONS[1]) for index in range(9)]
+
+
+def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """A decoded photo [H, W, C] as stored -> as shown, for its EXIF ``orientation`` (scalar int32).
+
+    trainer.wire.orient applies the same table to NumPy arrays (the cut-out's photo).
+    """
+    valid = (orientation >= 1) & (orientation <= 8)
+    flip_lr, flip_ud, transpose = tf.unstack(
+        tf.gather(tf.constant(_ORIENTATION_TABLE, tf.bool), tf.where(valid, orientation, 1))
+    )
+    image = tf.cond(flip_lr, lambda: tf.reverse(image, [1]), lambda: image)
+    image = tf.cond(flip_ud, lambda: tf.reverse(image, [0]), lambda: image)
+    return tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
 
@@ -57,17 +86,23 @@ class UNetServing(tf.Module):
         probabilities = tf.sigmoid(tf.image.resize(logits, size, method="bilinear"))[..., 0]
         return {"probabilities": probabilities, "mask": tf.cast(probabilities > THRESHOLD, tf.uint8)}
 
-    def _decode_resized(self, image_bytes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Each photo decoded and resized to the training size, and its original (height, width)."""
+    def _decode_resized(
+        self, image_bytes: tf.Tensor, orientation: tf.Tensor | None = None
+    ) -> tuple[tf.Tensor, tf.Tensor]:
+        """Each photo decoded, turned upright by its orientation (none: as stored) and resized to the
+        training size, and its (height, width) as shown."""
+        if orientation is None:
+            orientation = tf.ones(tf.shape(image_bytes), tf.int32)
 
-        def decode(data: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def decode(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+            data, turn = args
             image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-            image = tf.cast(image, tf.float32) / 255.0
+            image = tf.cast(upright(image, turn), tf.float32) / 255.0
             return self._to_model_size(image[tf.newaxis])[0], tf.shape(image, out_type=tf.int32)[:2]
 
         return tf.map_fn(
             decode,
-            image_bytes,
+            (image_bytes, orientation),
             fn_output_signature=(
                 tf.TensorSpec([*self.image_size, 3], tf.float32),
                 tf.TensorSpec([2], tf.int32),
@@ -117,13 +152,13 @@ class UNetServing(tf.Module):
             "car_fraction": fractions,
         }
 
-    @tf.function(input_signature=[BYTES_SPEC])
-    def mask_png(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._encoded(*self._decode_resized(image_bytes), tta=False)
+    @tf.function(input_signature=[BYTES_SPEC, ORIENTATION_SPEC])
+    def mask_png(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._encoded(*self._decode_resized(image_bytes, orientation), tta=False)
 
-    @tf.function(input_signature=[BYTES_SPEC])
-    def mask_png_tta(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        return self._encoded(*self._decode_resized(image_bytes), tta=True)
+    @tf.function(input_signature=[BYTES_SPEC, ORIENTATION_SPEC])
+    def mask_png_tta(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._encoded(*self._decode_resized(image_bytes, orientation), tta=True)
 
     @tf.function(input_signature=[IMAGES_SPEC])
     def predict_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:

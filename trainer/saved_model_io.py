@@ -31,7 +31,16 @@ from trainer.command import CarvanaError
 
 # Probabilities strictly above THRESHOLD are car: the exported "mask" output's own rule, so a mask
 # from here equals the endpoint's.
-from trainer.wire import INPUT_NAME, MODEL_NAME, SIGNATURE, THRESHOLD, TTA_SIGNATURE, decode_mask_png
+from trainer.wire import (
+    INPUT_NAME,
+    MODEL_NAME,
+    ORIENTATION_INPUT,
+    SIGNATURE,
+    THRESHOLD,
+    TTA_SIGNATURE,
+    decode_mask_png,
+    exif_orientation,
+)
 
 # The signature that takes decoded float images (for notebooks that already hold the pixels).
 IMAGES_SIGNATURE = "predict_images"
@@ -152,14 +161,19 @@ class SegmentationModel:
         """The mask PNG (0/255, each photo's size) per JPEG/PNG photo, in input order, one call.
 
         The photos go to ``mask_png`` exactly as the endpoint sends them (``mask_png_tta`` with
-        ``tta``: each photo averaged with its mirror image inside the graph), so the decode, the
-        resizes and the threshold are the graph's. A photo the graph cannot decode raises
-        PhotoDecodeError naming its index (the batch is retried photo by photo to find it).
+        ``tta``: each photo averaged with its mirror image inside the graph), with the EXIF
+        orientation the endpoint's handler reads from the same bytes, so the decode, the turn
+        upright, the resizes and the threshold are the graph's and each mask is in the orientation a
+        screen shows. A photo the graph cannot decode raises PhotoDecodeError naming its index (the
+        batch is retried photo by photo to find it).
         """
         signature = self._signature(TTA_SIGNATURE if tta else SIGNATURE)
 
         def run(batch: Sequence[bytes]) -> list[bytes]:
-            outputs = signature(**{INPUT_NAME: tf.constant(list(batch), dtype=tf.string)})
+            outputs = signature(**{
+                INPUT_NAME: tf.constant(list(batch), dtype=tf.string),
+                ORIENTATION_INPUT: tf.constant([exif_orientation(photo) for photo in batch], tf.int32),
+            })
             return [bytes(png) for png in outputs["mask_png_bytes"].numpy()]
 
         if not photos:

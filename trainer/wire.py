@@ -10,8 +10,13 @@ package by lambda/Makefile), the local endpoint and gateway (local_aws/), and th
 - media types and ``Accept`` negotiation (:func:`negotiate`), and the HTTP error type
   :class:`WireError` whose ``status`` every server answers with;
 - the payload and pixel limits of the AWS services in the chain;
-- strict but whitespace-tolerant base64 (:func:`b64decode`), JSON request bodies and photo header
-  sniffing;
+- strict but whitespace-tolerant base64 (:func:`b64decode`), JSON request bodies, and photo headers
+  read with the standard library (:func:`photo_header`: type, pixel size from JPEG SOF / PNG IHDR,
+  EXIF orientation from JPEG APP1 / PNG eXIf) and checked against the limits (:func:`check_photo`)
+  before anything is decoded;
+- EXIF orientation: every mask, RLE and cut-out is in the orientation a screen shows
+  (:data:`ORIENTATIONS`, :func:`orient`; the exported graph turns the photo upright before the
+  network with the same table);
 - Kaggle RLE (row-major, 1-indexed ``"start length"`` pairs, as in train_masks.csv);
 - the cut-out: the photo as RGBA with the mask as alpha and the RGB *zeroed* where alpha is 0, so
   nothing of the studio survives in the file.
@@ -26,8 +31,10 @@ import base64
 import binascii
 import io
 import json
+import os
+from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,15 +48,21 @@ THRESHOLD = 0.5
 SIGNATURE = "mask_png"
 TTA_SIGNATURE = "mask_png_tta"
 INPUT_NAME = "image_bytes"
+# Their second input: each photo's EXIF orientation (1..8), read here from the bytes' header, so the
+# graph turns the photo upright before the network (the U-Net was trained on upright photos).
+ORIENTATION_INPUT = "orientation"
 
 MB = 1024 * 1024
 # SageMaker real-time InvokeEndpoint accepts request bodies up to 6 MB (S3 photos included).
 ENDPOINT_PAYLOAD_LIMIT = 6 * MB
 # A synchronous Lambda invocation carries at most 6 MB each way, the event's JSON included.
 LAMBDA_PAYLOAD_LIMIT = 6 * MB
-# A 1918x1280 Carvana photo is 2.5 MP; 40 MP covers full-frame cameras. A few KB of PNG can claim
-# billions of pixels, so the header is checked against this before anything is decoded.
-MAX_PIXELS = 40_000_000
+# A 1918x1280 Carvana photo is 2.5 MP, a phone photo 12 MP. A few KB of PNG can claim billions of
+# pixels, so the header is checked against this before anything is decoded. Sized for memory and
+# time with 8 concurrent clients (bench/load.py --largest, README "Limits and concurrency"): 8
+# concurrent 16 MP photos add 0.8 GB to the worker (1.4 GB peak, an ml.c5.large has 4 GiB) and
+# answer within 12 s p99 on 2 cores; at 40 MP it was +1.5 GB and 28 s p99, near SageMaker's 60 s.
+MAX_PIXELS = 16_000_000
 
 MEDIA_MASK_PNG = "image/png"
 MEDIA_RLE_JSON = "application/json"
@@ -58,6 +71,24 @@ MEDIA_JSON = "application/json"
 # Content types a photo may be sent with; the bytes themselves decide JPEG or PNG.
 PHOTO_CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
 PHOTO_SIGNATURES: dict[bytes, str] = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+# Image formats people send that the model cannot decode: 415 rather than "not an image".
+OTHER_IMAGE_SIGNATURES: dict[bytes, str] = {
+    b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF",
+}
+# EXIF Orientation (tag 0x0112) -> how the stored pixels become what a screen shows: flip left-right,
+# then flip top-bottom, then transpose (swap rows and columns), each if set. 6 is a phone held
+# upright (stored sideways, shown turned 90 degrees clockwise), 3 is upside down.
+ORIENTATIONS: dict[int, tuple[bool, bool, bool]] = {
+    1: (False, False, False),
+    2: (True, False, False),
+    3: (True, True, False),
+    4: (False, True, False),
+    5: (False, False, True),
+    6: (False, True, True),
+    7: (True, True, True),
+    8: (True, False, True),
+}
+EXIF_ORIENTATION_TAG = 0x0112
 
 
 class WireError(ValueError):
@@ -176,6 +207,192 @@ def b64encode(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class PhotoLimits(NamedTuple):
+    """What one photo may be: bytes on the wire, and pixels (checked from the header alone).
+
+    NamedTuple, not a dataclass: the container imports code/inference.py with importlib without
+    adding it to sys.modules, and dataclasses look their module up there. The one place the
+    ``CARVANA_MAX_IMAGE_BYTES`` / ``CARVANA_MAX_PIXELS`` variables are read (the endpoint's handler
+    and ``carvana serve``'s TF Serving REST side both apply these).
+    """
+
+    # SageMaker real-time endpoints accept 6 MB per request; larger photos go through S3.
+    max_image_bytes: int = ENDPOINT_PAYLOAD_LIMIT
+    max_pixels: int = MAX_PIXELS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PhotoLimits:
+        """Limits from ``CARVANA_MAX_IMAGE_BYTES`` / ``CARVANA_MAX_PIXELS`` (the model's env vars)."""
+        env = os.environ if env is None else env
+        values = {}
+        for field_name, variable in (("max_image_bytes", "CARVANA_MAX_IMAGE_BYTES"),
+                                     ("max_pixels", "CARVANA_MAX_PIXELS")):
+            if variable in env:
+                try:
+                    values[field_name] = int(env[variable])
+                except ValueError:
+                    raise ValueError(f"{variable}={env[variable]!r} is not an integer") from None
+        return cls(**values)
+
+
+class PhotoHeader(NamedTuple):
+    """What a photo's header says: type, stored pixel size and EXIF orientation (1 = as stored)."""
+
+    media_type: str
+    width: int
+    height: int
+    orientation: int = 1
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """``(width, height)`` as a screen shows the photo (swapped by orientations 5..8)."""
+        return (self.height, self.width) if ORIENTATIONS[self.orientation][2] else (self.width, self.height)
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    """The Orientation tag of a TIFF structure's first IFD (EXIF's layout); 1 if absent or odd.
+
+    Viewers ignore an orientation they cannot read, and so does this: a bad tag never fails a photo.
+    """
+    order = {b"II*\0": "little", b"MM\0*": "big"}.get(tiff[:4])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)
+    count = int.from_bytes(tiff[ifd : ifd + 2], order) if ifd + 2 <= len(tiff) else 0
+    for start in range(ifd + 2, min(ifd + 2 + 12 * count, len(tiff) - 11), 12):
+        if int.from_bytes(tiff[start : start + 2], order) == EXIF_ORIENTATION_TAG:
+            kind = int.from_bytes(tiff[start + 2 : start + 4], order)
+            value = int.from_bytes(tiff[start + 8 : start + 10], order)
+            return value if kind == 3 and value in ORIENTATIONS else 1  # 3: SHORT
+    return 1
+
+
+# Start-of-frame markers (baseline, progressive, lossless...): C0..CF but DHT, JPG and DAC.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
+
+
+def _jpeg_header(data: bytes) -> PhotoHeader:
+    """Walk the JPEG's marker segments up to the frame header (SOF): its size, and APP1 Exif's
+    orientation on the way (APPn segments precede the frame). Only headers are read."""
+    truncated = WireError(f"JPEG is truncated: its {len(data)} bytes end before the frame header (SOF) "
+                          "that gives its size")
+    orientation, position = 1, 2
+    while True:
+        if position >= len(data):
+            raise truncated
+        if data[position] != 0xFF:
+            raise WireError(f"JPEG is malformed: expected a marker at byte {position}, found "
+                            f"{data[position]:#04x}")
+        while position < len(data) and data[position] == 0xFF:  # fill bytes
+            position += 1
+        if position >= len(data):
+            continue
+        marker = data[position]
+        position += 1
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0xD9, 0xDA):
+            raise WireError("JPEG is malformed: image data (SOS) or its end before any frame header (SOF)")
+        length = int.from_bytes(data[position : position + 2], "big")
+        if position + max(length, 2) > len(data):
+            raise truncated
+        if length < 2:
+            raise WireError(f"JPEG is malformed: segment length {length} at byte {position}")
+        segment = data[position + 2 : position + length]
+        if marker in _JPEG_SOF:
+            if length < 7:
+                raise WireError("JPEG is malformed: its frame header (SOF) is too short")
+            height, width = int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big")
+            if not (width and height):
+                raise WireError(f"JPEG frame header claims a {width}x{height} image: expected both sides > 0")
+            return PhotoHeader("image/jpeg", width, height, orientation)
+        if marker == 0xE1 and orientation == 1 and segment.startswith(b"Exif\0\0"):
+            orientation = _tiff_orientation(segment[6:])
+        position += length
+
+
+def _png_header(data: bytes) -> PhotoHeader:
+    """IHDR's size, and the orientation of an eXIf chunk before the image data (IDAT)."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        raise WireError("PNG is truncated or malformed: expected its IHDR chunk (the size) first")
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if not (width and height):
+        raise WireError(f"PNG header claims a {width}x{height} image: expected both sides > 0")
+    orientation, position = 1, 8
+    while position + 8 <= len(data):
+        length, kind = int.from_bytes(data[position : position + 4], "big"), data[position + 4 : position + 8]
+        if kind == b"IDAT":
+            break
+        if kind == b"eXIf":
+            orientation = _tiff_orientation(data[position + 8 : position + 8 + length])
+            break
+        position += 12 + length
+    return PhotoHeader("image/png", width, height, orientation)
+
+
+def photo_header(photo: bytes) -> PhotoHeader:
+    """Type, stored size and EXIF orientation of a JPEG or PNG photo, from its header alone.
+
+    Standard library only (the Lambda runtime and the container's Python have no Pillow to spare for
+    this), and nothing is decoded: a PNG of a few KB claiming billions of pixels costs microseconds.
+    WireError 415 for other image formats, 400 for bytes that are no image or a header cut short.
+    """
+    if photo.startswith(b"\xff\xd8\xff"):
+        return _jpeg_header(photo)
+    if photo.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_header(photo)
+    other = next((kind for magic, kind in OTHER_IMAGE_SIGNATURES.items() if photo.startswith(magic)), None)
+    if photo[:4] == b"RIFF" and photo[8:12] == b"WEBP":
+        other = "WEBP"
+    elif photo[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        other = "HEIF"
+    if other:
+        raise WireError(f"photo format {other} is not supported: send JPEG or PNG", 415)
+    raise WireError(
+        f"request body ({len(photo)} bytes, starting {photo[:8]!r}) is not an image: "
+        "expected JPEG or PNG bytes"
+    )
+
+
+def check_photo(photo: bytes, limits: PhotoLimits) -> PhotoHeader:
+    """The photo's header once it is within ``limits``; WireError otherwise, before any decoding.
+
+    400 for an empty body or bytes that are no JPEG/PNG, 415 for other image formats, 413 for a
+    photo over the byte limit or whose header claims more pixels than ``limits.max_pixels``.
+    """
+    if not photo:
+        raise WireError("request body is empty: send a JPEG or PNG photo")
+    if len(photo) > limits.max_image_bytes:
+        raise WireError(
+            f"photo is {len(photo)} bytes, over the limit of {limits.max_image_bytes} bytes "
+            "(send larger photos through S3)",
+            413,
+        )
+    header = photo_header(photo)
+    if header.pixels > limits.max_pixels:
+        raise WireError(
+            f"photo is {header.width}x{header.height} = {header.pixels} pixels, over the limit of "
+            f"{limits.max_pixels} pixels: refused from its header before decoding (a decompression "
+            "bomb claims billions)",
+            413,
+        )
+    return header
+
+
+def exif_orientation(photo: bytes) -> int:
+    """The photo's EXIF orientation, 1 when it has none or its header cannot be read (the offline
+    tools then let the graph's decoder report the bad photo, as the endpoint would)."""
+    try:
+        return photo_header(photo).orientation
+    except WireError:
+        return 1
+
+
 def sniff_photo(photo: bytes) -> str:
     """The photo's real media type from its first bytes; WireError 400 unless JPEG or PNG."""
     for signature, media in PHOTO_SIGNATURES.items():
@@ -251,6 +468,25 @@ def decode_mask_png(png: bytes) -> np.ndarray:
         return (np.asarray(gray) > 127).astype(np.uint8)
 
 
+def orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` (H, W[, C]) as stored -> as shown for EXIF ``orientation`` (:data:`ORIENTATIONS`).
+
+    The exported graph applies the same table to the decoded photo before the network; this turns
+    the photo itself upright for the cut-out, and a stored-orientation truth mask for ``evaluate``.
+    """
+    import numpy as np
+
+    flip_lr, flip_ud, transpose = ORIENTATIONS.get(orientation, ORIENTATIONS[1])
+    pixels = np.asarray(pixels)
+    if flip_lr:
+        pixels = pixels[:, ::-1]
+    if flip_ud:
+        pixels = pixels[::-1]
+    if transpose:
+        pixels = pixels.swapaxes(0, 1)
+    return np.ascontiguousarray(pixels)
+
+
 def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """RGBA uint8 ``(H, W, 4)``: alpha 255 on the car (``mask`` non-zero), 0 elsewhere, and the RGB
     zeroed where alpha is 0 -- nothing of the studio survives, and the PNG is about half the size."""
@@ -264,12 +500,16 @@ def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def cutout_png(photo: bytes, mask_png: bytes) -> bytes:
-    """The cut-out (see :func:`cutout`) of a JPEG/PNG photo and its mask PNG, as PNG bytes."""
+    """The cut-out (see :func:`cutout`) of a JPEG/PNG photo and its mask PNG, as PNG bytes.
+
+    The mask is in display orientation (the graph turned the photo upright), so the photo is turned
+    by its EXIF orientation too before the two meet.
+    """
     import numpy as np
     from PIL import Image
 
     with Image.open(io.BytesIO(photo)) as image:
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = orient(np.asarray(image.convert("RGB")), exif_orientation(photo))
     out = io.BytesIO()
     Image.fromarray(cutout(rgb, decode_mask_png(mask_png)), "RGBA").save(out, format="PNG")
     return out.getvalue()

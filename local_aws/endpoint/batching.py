@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -37,14 +38,18 @@ def _env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     return value == "true"
 
 
-def _env_int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def env_number(
+    env: Mapping[str, str], name: str, default: Any, minimum: float, kind: Callable[[str], Any] = int
+) -> Any:
+    """``kind(env[name])`` checked against ``minimum``; ``default`` when unset (ValueError naming it)."""
     raw = env.get(name)
-    if raw is None:
+    if raw is None or not raw.strip():
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise ValueError(f"{name} must be {expected}, got {raw!r}") from None
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -63,8 +68,8 @@ class BatchingConfig:
         """``SAGEMAKER_TFS_ENABLE_BATCHING`` / ``_MAX_BATCH_SIZE`` / ``_BATCH_TIMEOUT_MICROS``."""
         return cls(
             enabled=_env_flag(env, "SAGEMAKER_TFS_ENABLE_BATCHING", cls.enabled),
-            max_batch_size=_env_int(env, "SAGEMAKER_TFS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
-            timeout_micros=_env_int(env, "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS", cls.timeout_micros, 0),
+            max_batch_size=env_number(env, "SAGEMAKER_TFS_MAX_BATCH_SIZE", cls.max_batch_size, 1),
+            timeout_micros=env_number(env, "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS", cls.timeout_micros, 0),
         )
 
 

@@ -6,6 +6,13 @@ SavedModel, loaded by TensorFlow in-process: ``POST /v1/models/<name>[/versions/
 ``GET /v1/models/<name>[/versions/<v>]`` (version status) and ``.../metadata`` (signature defs read
 from saved_model.pb, as TF Serving prints them). Routes, status codes and error texts follow
 tensorflow_serving/model_servers/http_rest_api_handler.cc, so a client that works here works there.
+
+One addition on purpose: photos sent as ``{"b64": ...}`` to an ``image_bytes`` input pass the same
+header check as ``/invocations`` (trainer.wire.check_photo, limits from ``CARVANA_MAX_PIXELS`` /
+``CARVANA_MAX_IMAGE_BYTES``) before the graph decodes them, so a PNG bomb sent straight to TF Serving's
+REST API is refused (413) from its header instead of being decoded. Real TF Serving has no such limit;
+on AWS its port is reached only through the handler, which checks first. Bytes whose header cannot be
+read are left to the graph's decoder, whose error TF Serving would give.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import tensorflow as tf
 from local_aws.endpoint.batching import Batcher, BatchingConfig
 from local_aws.endpoint.tfs_json import InputSpec, format_predict_response, parse_predict_request
 from trainer.saved_model_io import op_error_text, signature_defs
-from trainer.wire import MODEL_NAME, WireError
+from trainer.wire import INPUT_NAME, MODEL_NAME, PhotoLimits, WireError, check_photo
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +109,9 @@ class LoadedModel:
 class ModelServer:
     """TF Serving's REST API over one model; ``load`` may run on a background thread."""
 
-    def __init__(self, batching: BatchingConfig) -> None:
+    def __init__(self, batching: BatchingConfig, limits: PhotoLimits | None = None) -> None:
         self._batching = batching
+        self.limits = PhotoLimits.from_env() if limits is None else limits
         self.name: str | None = None
         self.version = 1
         self._model: LoadedModel | None = None
@@ -158,12 +166,25 @@ class ModelServer:
         """A ``:predict`` call: JSON request in, JSON response out (WireError on failure)."""
         model = self._require(name, version, label)
         request = parse_predict_request(body, lambda signature: self._specs(model, signature))
+        self._check_photos(request.inputs)
         signature = request.signature_name or DEFAULT_SIGNATURE
         batcher = self._batcher
         outputs = (
             batcher.submit(signature, request.inputs) if batcher else model.run(signature, request.inputs)
         )
         return format_predict_response(outputs, request.row_format)
+
+    def _check_photos(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """Refuse (413) photos over the limits from their headers, before the graph decodes them."""
+        photos = inputs.get(INPUT_NAME)
+        if photos is None or photos.dtype != np.dtype(object):
+            return
+        for index, photo in enumerate(photos.ravel()):
+            try:
+                check_photo(bytes(photo), self.limits)
+            except WireError as err:
+                if err.status == 413:
+                    raise WireError(f"instance {index}, input '{INPUT_NAME}': {err.message}", 413) from None
 
     def status(self, name: str, version: str | None, label: str | None) -> dict[str, Any]:
         """``GetModelStatus``: one version, AVAILABLE once loaded (LOADING before, END on failure)."""

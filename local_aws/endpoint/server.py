@@ -11,7 +11,9 @@ REST API on a private 127.0.0.1 port, so a handler waiting on the model never ho
 model call needs.
 
 A real server: gunicorn with gthread workers (each loads the model after the fork, in the
-background, so /ping answers 503 while it loads), a request size limit (413 with a message),
+background, so /ping answers 503 while it loads), a request size limit (413 with a message), bounded
+admission per worker (admission.py: a few requests run, a few wait, the rest get 503 with
+Retry-After; a per-request deadline answers 504),
 optional batching (SAGEMAKER_TFS_ENABLE_BATCHING, _MAX_BATCH_SIZE, _BATCH_TIMEOUT_MICROS), graceful
 shutdown on SIGTERM (in-flight requests finish) and one log line per request with its latency.
 TensorFlow is imported only in the workers: a TF runtime does not survive fork().
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +41,7 @@ from gunicorn.app.base import BaseApplication
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from local_aws.endpoint.admission import AdmissionConfig, AdmissionGate
 from local_aws.endpoint.batching import BatchingConfig
 from local_aws.endpoint.container import Container, container_blueprint, load_handlers
 from trainer.wire import ENDPOINT_PAYLOAD_LIMIT
@@ -52,6 +56,20 @@ def _positive(value: str) -> int:
     return number
 
 
+def _non_negative(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {value}")
+    return number
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything ``carvana serve`` needs, from CLI flags over the container's environment variables."""
@@ -60,13 +78,21 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 1
-    threads: int = 8
+    # None: one per request the admission gate holds, plus 2 to answer 503s and /ping while full.
+    threads: int | None = None
     max_request_bytes: int = ENDPOINT_PAYLOAD_LIMIT
     endpoint_name: str | None = None
     model_name: str | None = None
     timeout_s: int = 120
     graceful_timeout_s: int = 30
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+
+    @property
+    def gunicorn_threads(self) -> int:
+        """Threads per worker: the gate can only refuse what reaches it, so it must never wait for a
+        thread behind gunicorn's own (unbounded) queue."""
+        return self.threads if self.threads is not None else self.admission.capacity + 2
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str]) -> ServeConfig:
@@ -86,17 +112,21 @@ class ServeConfig:
             if args.batch_timeout_micros is None
             else args.batch_timeout_micros,
         )
+        flags = {"max_inflight": args.max_inflight, "max_queue": args.max_queue, "deadline_s": args.deadline}
+        overrides = {name: value for name, value in flags.items() if value is not None}
+        admission = dataclasses.replace(AdmissionConfig.from_env(env), **overrides)
         return cls(
             model=Path(args.model),
             host=args.host,
             port=pick(args.port, "SAGEMAKER_BIND_TO_PORT", cls.port),
             workers=pick(args.workers, "SAGEMAKER_GUNICORN_WORKERS", cls.workers),
-            threads=pick(args.threads, "SAGEMAKER_GUNICORN_THREADS", cls.threads),
+            threads=pick(args.threads, "SAGEMAKER_GUNICORN_THREADS", None),
             max_request_bytes=pick(args.max_request_bytes, "CARVANA_MAX_REQUEST_BYTES", limit),
             endpoint_name=args.endpoint_name,
             model_name=pick(args.model_name, "SAGEMAKER_TFS_DEFAULT_MODEL_NAME", None, str),
             graceful_timeout_s=args.graceful_timeout,
             batching=batching,
+            admission=admission,
         )
 
 
@@ -214,7 +244,9 @@ def create_app(config: ServeConfig) -> flask.Flask:
             return too_large(flask.request.content_length)
         return _json_error(err.code or 500, err.name if err.code == 404 else f"{err.name}: {err.description}")
 
-    app.wsgi_app = RequestLog(app.wsgi_app, "carvana.serve")  # type: ignore[method-assign]
+    gate = AdmissionGate(app.wsgi_app, config.admission, config.max_request_bytes)
+    app.extensions["carvana.admission"] = gate
+    app.wsgi_app = RequestLog(gate, "carvana.serve")  # type: ignore[method-assign]
     return app
 
 
@@ -230,7 +262,7 @@ class GunicornServer(BaseApplication):
             "bind": f"{self.config.host}:{self.config.port}",
             "workers": self.config.workers,
             "worker_class": "gthread",
-            "threads": self.config.threads,
+            "threads": self.config.gunicorn_threads,
             "timeout": self.config.timeout_s,
             "graceful_timeout": self.config.graceful_timeout_s,
             "keepalive": 5,
@@ -266,7 +298,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
     parser.add_argument("--workers", type=_positive, help="gunicorn workers, each with its own model "
                         "(default $SAGEMAKER_GUNICORN_WORKERS or 1)")
-    parser.add_argument("--threads", type=_positive, help="threads per worker (default 8)")
+    parser.add_argument("--threads", type=_positive, help="threads per worker (default "
+                        "$SAGEMAKER_GUNICORN_THREADS or max-inflight + max-queue + 2)")
+    defaults = AdmissionConfig()
+    for flag, name, kind, what in (
+        ("--max-inflight", "max_inflight", _positive, "requests running at once per worker; more wait"),
+        ("--max-queue", "max_queue", _non_negative, "requests waiting per worker; beyond, 503 + Retry-After"),
+        ("--deadline", "deadline_s", _positive_seconds,
+         "seconds a request may wait and run: 503 if still waiting, 504 if still running"),
+    ):
+        default = f"${AdmissionConfig.ENV[name]} or {getattr(defaults, name):g}"
+        parser.add_argument(flag, type=kind, help=f"{what} (default {default})")
     parser.add_argument("--max-request-bytes", type=_positive,
                         help="larger bodies get 413 "
                         f"(default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})")
@@ -300,9 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    log.info("serving %s on http://%s:%d (%d worker(s) x %d threads, limit %d bytes, %s)",
-             config.model, config.host, config.port, config.workers, config.threads,
-             config.max_request_bytes, config.batching)
+    log.info("serving %s on http://%s:%d (%d worker(s) x %d threads, limit %d bytes, %s, %s)",
+             config.model, config.host, config.port, config.workers, config.gunicorn_threads,
+             config.max_request_bytes, config.batching, config.admission)
     GunicornServer(config).run()
     return 0
 
