@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,4 +44,6 @@ def test_the_wire_contract_imports_only_the_standard_library_at_module_level() -
             top |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             top.add(node.module.split(".")[0])
-    assert top == {"__future__", "base64", "binascii", "io", "json", "enum", "typing"}
+    # The Lambda runtime has boto3 and the standard library only: NumPy and Pillow load lazily.
+    assert sorted(top - sys.stdlib_module_names) == []
+    assert {"base64", "json"} <= top  # the file was really read
