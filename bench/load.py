@@ -121,6 +121,8 @@ def wrong(case: Case, response: requests.Response) -> str | None:
             mode = mask.mode
     except (WireError, OSError) as err:
         return f"{case.name}: 200 but not a PNG: {err}"
+    if case.size is None:
+        return f"{case.name}: a good case without the mask size it must get"
     if (header.media_type, (header.width, header.height), mode) != ("image/png", case.size, "L"):
         got = f"{header.media_type} {header.width}x{header.height} {mode}"
         return f"{case.name}: mask {got}, expected image/png {case.size[0]}x{case.size[1]} L"
@@ -231,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             stop_endpoint(process)
 
     size = good[0].size
+    assert size is not None  # good cases always carry the mask size they must get
     lat = result["latencies"]
     kilobytes = sum(len(case.body) for case in good) / len(good) / 1e3
     print(f"\n{args.requests} requests, {args.clients} clients, every {args.bad_every}th bad; "

@@ -18,9 +18,9 @@ import contextlib
 import csv
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import matplotlib
 
@@ -46,7 +46,7 @@ PRUNER_STARTUP_TRIALS = 2
 def suggest(trial: Trial, space: Range) -> HyperValue:
     """One range as an Optuna suggestion (the SageMaker backend turns the same range into a Parameter)."""
     if isinstance(space, Categorical):
-        return trial.suggest_categorical(space.name, list(space.values))
+        return cast(HyperValue, trial.suggest_categorical(space.name, list(space.values)))
     if isinstance(space, Continuous):
         return trial.suggest_float(space.name, space.low, space.high, log=space.log)
     if isinstance(space, Integer):
@@ -110,7 +110,7 @@ def tune(spec: TuningSpec, work: str | Path, *, stream: TextIO | None = None) ->
         job_name = f"{spec.name}-{trial.number:03d}"
         trial.set_user_attr("job_name", job_name)
 
-        def on_epoch(metrics: dict[str, float]) -> bool:
+        def on_epoch(metrics: Mapping[str, float]) -> bool:
             if OBJECTIVE_METRIC not in metrics:
                 return False
             trial.report(metrics[OBJECTIVE_METRIC], step=int(metrics["epoch"]))
@@ -138,7 +138,7 @@ def tune(spec: TuningSpec, work: str | Path, *, stream: TextIO | None = None) ->
     results_csv = write_results(trials, spec.ranges, root / "results.csv")
     plot_png = plot_trials(trials, spec.ranges, root / "tuning.png")
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.value) if complete else None
+    best = max(complete, key=lambda t: t.value or 0.0) if complete else None
     result = TuningResult(
         tuning_job_name=spec.name,
         best_job_name=best.user_attrs["job_name"] if best else None,
@@ -172,7 +172,7 @@ def write_results(trials: Sequence[FrozenTrial], ranges: Sequence[Range], path: 
         for t in trials:
             metrics = t.user_attrs.get("metrics", {})
             duration = (
-                (t.datetime_complete - t.datetime_start).total_seconds()
+                round((t.datetime_complete - t.datetime_start).total_seconds(), 1)
                 if t.datetime_complete and t.datetime_start
                 else ""
             )
@@ -185,7 +185,7 @@ def write_results(trials: Sequence[FrozenTrial], ranges: Sequence[Range], path: 
                     t.value if t.value is not None else "",
                     *[metrics.get(m, "") for m in metric_names if m != OBJECTIVE_METRIC],
                     int(metrics["epoch"]) if "epoch" in metrics else "",
-                    round(duration, 1) if duration != "" else "",
+                    duration,
                 ]
             )
     return path
@@ -195,7 +195,7 @@ def plot_trials(trials: Sequence[FrozenTrial], ranges: Sequence[Range], path: Pa
     """Objective per trial (with the best so far) and learning rate against the objective."""
     scored = [t for t in trials if t.state == TrialState.COMPLETE]
     numbers = [t.number for t in scored]
-    values = [t.value for t in scored]
+    values = [t.value if t.value is not None else math.nan for t in scored]
     swept = [r for r in ranges if not isinstance(r, Categorical)]
     x_name = (
         LEARNING_RATE

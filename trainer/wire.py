@@ -34,7 +34,7 @@ import json
 import os
 from collections.abc import Mapping
 from enum import Enum
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     import numpy as np
@@ -258,7 +258,8 @@ def _tiff_orientation(tiff: bytes) -> int:
 
     Viewers ignore an orientation they cannot read, and so does this: a bad tag never fails a photo.
     """
-    order = {b"II*\0": "little", b"MM\0*": "big"}.get(tiff[:4])
+    orders: dict[bytes, Literal["little", "big"]] = {b"II*\0": "little", b"MM\0*": "big"}
+    order = orders.get(tiff[:4])
     if order is None or len(tiff) < 8:
         return 1
     ifd = int.from_bytes(tiff[4:8], order)

@@ -123,16 +123,16 @@ class Batcher:
         while size < self._max:
             remaining = deadline - time.monotonic()
             try:
-                job = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                queued = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
-            if job is None:
+            if queued is None:
                 return batch, True
-            if job.key == first.key and size + job.size <= self._max:
-                batch.append(job)
-                size += job.size
+            if queued.key == first.key and size + queued.size <= self._max:
+                batch.append(queued)
+                size += queued.size
             else:
-                self._carry.append(job)
+                self._carry.append(queued)
         return batch, False
 
     def _loop(self) -> None:

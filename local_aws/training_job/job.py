@@ -153,7 +153,7 @@ def load_result(job_dir: str | Path) -> JobResult:
         output_artifact=desc.get("OutputArtifact"),
         job_dir=job_dir,
         hyperparameters={
-            k: v
+            k: v if isinstance(v, str | int | float) else str(v)
             for k, v in decode_hyperparameters(desc["HyperParameters"]).items()
             if not k.startswith("sagemaker_")
         },

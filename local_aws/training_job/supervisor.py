@@ -101,6 +101,7 @@ def supervise(
         watchdog = threading.Timer(max_run_s, on_max_run)
         watchdog.daemon = True
         watchdog.start()
+        assert process.stdout is not None  # started with stdout=PIPE
         lines = iter(process.stdout.readline, "")
         try:
             for line in lines:

@@ -31,7 +31,7 @@ from trainer.launch.backends import (
 )
 from trainer.launch.errors import JobFailedError, LaunchError
 from trainer.launch.naming import MAX_TUNING_JOB_NAME, unique_name
-from trainer.launch.search_space import SEARCH_SPACE, parse_range
+from trainer.launch.search_space import SEARCH_SPACE, Categorical, Range, parse_range
 from trainer.launch.specs import (
     DEFAULT_ENDPOINT_INSTANCE,
     DEFAULT_TRAINING_INSTANCE,
@@ -57,7 +57,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default in (None, False) or "default" in (action.help or ""):
             return action.help or ""
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 def coerce(value: str) -> HyperValue:
@@ -197,10 +197,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _describe_range(space: object) -> str:
-    values = getattr(space, "values", None)
-    if values is not None:
-        return f"{space.name}={','.join(map(str, values))}"
+def _describe_range(space: Range) -> str:
+    if isinstance(space, Categorical):
+        return f"{space.name}={','.join(map(str, space.values))}"
     return f"{space.name}={space.low}:{space.high}"
 
 
