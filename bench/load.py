@@ -196,16 +196,26 @@ def run(url: str, good: list[Case], bad: list[Case], total: int, clients: int, b
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/load.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, help="SavedModel folder, model_dir or model.tar.gz "
-                        "(default: an untrained default U-Net)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="SavedModel folder, model_dir or model.tar.gz (default: an untrained default U-Net)",
+    )
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     parser.add_argument("--requests", type=int, default=2000, help="requests in all (default 2000)")
     parser.add_argument("--bad-every", type=int, default=5, help="every n-th request is bad (default 5)")
     parser.add_argument("--photos", type=int, default=16, help="distinct real photos (default 16)")
-    parser.add_argument("--largest", action="store_true",
-                        help=f"send photos scaled to the pixel limit ({MAX_PIXELS}, or CARVANA_MAX_PIXELS)")
-    parser.add_argument("--serve-arg", action="append", default=[],
-                        help="extra carvana serve argument, e.g. --serve-arg=--max-inflight=8")
+    parser.add_argument(
+        "--largest",
+        action="store_true",
+        help=f"send photos scaled to the pixel limit ({MAX_PIXELS}, or CARVANA_MAX_PIXELS)",
+    )
+    parser.add_argument(
+        "--serve-arg",
+        action="append",
+        default=[],
+        help="extra carvana serve argument, e.g. --serve-arg=--max-inflight=8",
+    )
     args = parser.parse_args(argv)
     if min(args.clients, args.requests, args.bad_every, args.photos) < 1:
         parser.error("--clients, --requests, --bad-every and --photos must be >= 1")
@@ -236,21 +246,27 @@ def main(argv: list[str] | None = None) -> int:
     assert size is not None  # good cases always carry the mask size they must get
     lat = result["latencies"]
     kilobytes = sum(len(case.body) for case in good) / len(good) / 1e3
-    print(f"\n{args.requests} requests, {args.clients} clients, every {args.bad_every}th bad; "
-          f"{len(good)} photo(s) {size[0]}x{size[1]} ({kilobytes:.0f} KB); "
-          f"model {args.model or 'untrained default U-Net'}; serve args {args.serve_arg or 'defaults'}; "
-          f"{os.cpu_count()} CPUs (shared)")
+    print(
+        f"\n{args.requests} requests, {args.clients} clients, every {args.bad_every}th bad; "
+        f"{len(good)} photo(s) {size[0]}x{size[1]} ({kilobytes:.0f} KB); "
+        f"model {args.model or 'untrained default U-Net'}; serve args {args.serve_arg or 'defaults'}; "
+        f"{os.cpu_count()} CPUs (shared)"
+    )
     print(f"throughput {args.requests / result['seconds']:.2f} requests/s over {result['seconds']:.1f} s")
     for kind in ("good", "bad"):
         if lat[kind]:
             p50, p99 = pct(lat[kind], 50), pct(lat[kind], 99)
             print(f"{kind}: n={len(lat[kind])} p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-    print(f"statuses {dict(sorted(result['statuses'].items()))}; 503s {result['statuses'][503]}; "
-          f"wrong answers {len(result['wrong'])} (warm-up: {len(warm['wrong'])})")
+    print(
+        f"statuses {dict(sorted(result['statuses'].items()))}; 503s {result['statuses'][503]}; "
+        f"wrong answers {len(result['wrong'])} (warm-up: {len(warm['wrong'])})"
+    )
     for problem in (warm["wrong"] + result["wrong"])[:10]:
         print("  wrong:", problem)
-    print(f"worker RSS (pids {pids}): {loaded:.0f} MB with the model loaded, {before:.0f} MB after "
-          f"warm-up, {after:.0f} MB at the end; peak {peak:.0f} MB")
+    print(
+        f"worker RSS (pids {pids}): {loaded:.0f} MB with the model loaded, {before:.0f} MB after "
+        f"warm-up, {after:.0f} MB at the end; peak {peak:.0f} MB"
+    )
     return 1 if result["wrong"] or warm["wrong"] else 0
 
 

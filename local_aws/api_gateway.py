@@ -450,7 +450,7 @@ def serve(config: GatewayConfig, handler: Callable[[dict[str, Any], Any], Any]) 
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    host, port = server.server_address[:2]
+    host, port = config.host, server.server_address[1]
     print(
         f"carvana gateway: {config.route_key} -> {config.handler_path}:{config.function} "
         f"(payload {config.payload_format}) on http://{host}:{port}",

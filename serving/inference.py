@@ -103,14 +103,14 @@ def _photo_from_json(body: bytes) -> bytes:
         return b64decode(document["image"], 'JSON field "image"')
     instances = document.get("instances")
     if not isinstance(instances, list) or not instances:
-        raise WireError(f"JSON body has neither \"image\" nor a non-empty \"instances\" list; {expected}")
+        raise WireError(f'JSON body has neither "image" nor a non-empty "instances" list; {expected}')
     if len(instances) != 1:
         raise WireError(f"send one photo per request, got {len(instances)} instances")
     instance = instances[0]
     if isinstance(instance, dict) and set(instance) == {INPUT_NAME}:
         instance = instance[INPUT_NAME]
     if not (isinstance(instance, dict) and set(instance) == {"b64"}):
-        raise WireError(f"instances[0] must be {{\"b64\": \"<base64 photo>\"}}; {expected}")
+        raise WireError(f'instances[0] must be {{"b64": "<base64 photo>"}}; {expected}')
     return b64decode(instance["b64"], 'JSON field "instances[0].b64"')
 
 

@@ -93,9 +93,22 @@ def fetch_wheels(
 
     From the registry, or only from ``wheelhouse`` (``--no-index``); PackageError with pip's reason.
     """
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-               "--only-binary=:all:", "--implementation", "cp", "--python-version", python_version,
-               *(f"--platform={tag}" for tag in platforms), "--dest", str(dest)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python_version,
+        *(f"--platform={tag}" for tag in platforms),
+        "--dest",
+        str(dest),
+    ]
     if wheelhouse is not None:
         if not wheelhouse.is_dir():
             raise PackageError(f"--wheelhouse {wheelhouse}: not a folder of wheels")
@@ -136,8 +149,10 @@ def package(
     (default: the inference image's), no requirements.txt.
     """
     if not model_dir.is_dir():
-        raise PackageError(f"--model-dir {model_dir}: not a folder (expected a SavedModel folder or a "
-                           f"model_dir holding {model_name}/<version>/)")
+        raise PackageError(
+            f"--model-dir {model_dir}: not a folder (expected a SavedModel folder or a "
+            f"model_dir holding {model_name}/<version>/)"
+        )
     try:
         folder = find_saved_model(model_dir)
     except ModelLoadError as err:
@@ -149,8 +164,12 @@ def package(
     with tempfile.TemporaryDirectory(prefix="carvana-package-") as scratch, atomic_path(out) as tmp:
         if offline:
             lib = Path(scratch) / "lib"
-            wheels = fetch_wheels(Path(scratch) / "wheels", python_version=python_version,
-                                  platforms=platforms or manylinux_platforms(), wheelhouse=wheelhouse)
+            wheels = fetch_wheels(
+                Path(scratch) / "wheels",
+                python_version=python_version,
+                platforms=platforms or manylinux_platforms(),
+                wheelhouse=wheelhouse,
+            )
             unpack_wheels(wheels, lib)
             members.append((lib, "code/lib"))
         with tarfile.open(tmp, "w:gz") as archive:
@@ -172,24 +191,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Build model.tar.gz for the SageMaker TF Serving container: the SavedModel under "
         "unet/<version>/, code/inference.py, code/requirements.txt and the vendored code/trainer/wire.py.",
     )
-    parser.add_argument("--model-dir", required=True, type=Path,
-                        help="SavedModel folder, or a model_dir holding unet/<version>/ (the newest is used)")
+    parser.add_argument(
+        "--model-dir",
+        required=True,
+        type=Path,
+        help="SavedModel folder, or a model_dir holding unet/<version>/ (the newest is used)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="the archive to write, e.g. model.tar.gz")
-    parser.add_argument("--model-name", default=MODEL_NAME,
-                        help="TF Serving model name (folder in the archive)")
-    parser.add_argument("--offline", action="store_true",
-                        help="for endpoints without internet: unpack the handlers' dependencies (numpy, "
-                        "Pillow) under code/lib instead of code/requirements.txt, which the container "
-                        "would pip-install at start-up")
-    parser.add_argument("--wheelhouse", type=Path,
-                        help="with --offline: take the wheels from this folder (pip --no-index) instead "
-                        "of the package index")
-    parser.add_argument("--python-version", default=IMAGE_PYTHON,
-                        help=f"with --offline: the container's Python (default {IMAGE_PYTHON}, the TF 2.19 "
-                        "inference image's)")
-    parser.add_argument("--platform", action="append", dest="platforms",
-                        help="with --offline: pip platform tag(s) (default: "
-                        f"{' '.join(manylinux_platforms())}; {platform.machine()} here)")
+    parser.add_argument(
+        "--model-name", default=MODEL_NAME, help="TF Serving model name (folder in the archive)"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="for endpoints without internet: unpack the handlers' dependencies (numpy, "
+        "Pillow) under code/lib instead of code/requirements.txt, which the container "
+        "would pip-install at start-up",
+    )
+    parser.add_argument(
+        "--wheelhouse",
+        type=Path,
+        help="with --offline: take the wheels from this folder (pip --no-index) instead of the package index",
+    )
+    parser.add_argument(
+        "--python-version",
+        default=IMAGE_PYTHON,
+        help=f"with --offline: the container's Python (default {IMAGE_PYTHON}, the TF 2.19 "
+        "inference image's)",
+    )
+    parser.add_argument(
+        "--platform",
+        action="append",
+        dest="platforms",
+        help="with --offline: pip platform tag(s) (default: "
+        f"{' '.join(manylinux_platforms())}; {platform.machine()} here)",
+    )
     return parser
 
 
@@ -199,17 +235,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.offline and (args.wheelhouse or args.platforms or args.python_version != IMAGE_PYTHON):
         parser.error("--wheelhouse, --python-version and --platform go with --offline")
     try:
-        names = package(args.model_dir, args.out, model_name=args.model_name, offline=args.offline,
-                        python_version=args.python_version, platforms=args.platforms,
-                        wheelhouse=args.wheelhouse)
+        names = package(
+            args.model_dir,
+            args.out,
+            model_name=args.model_name,
+            offline=args.offline,
+            python_version=args.python_version,
+            platforms=args.platforms,
+            wheelhouse=args.wheelhouse,
+        )
     except PackageError as err:
         parser.error(str(err))
     size = args.out.stat().st_size
     model = next(name for name in names if name.endswith("saved_model.pb")).rsplit("/", 1)[0]
-    dependencies = (f"code/lib/ ({', '.join(DEPENDENCIES)} for Python {args.python_version})" if args.offline
-                    else "code/requirements.txt")
-    print(f"wrote {args.out} ({size / 1e6:.1f} MB, {len(names)} entries): {model}/ (SavedModel), "
-          f"code/inference.py, {dependencies}, code/trainer/wire.py (vendored)")
+    dependencies = (
+        f"code/lib/ ({', '.join(DEPENDENCIES)} for Python {args.python_version})"
+        if args.offline
+        else "code/requirements.txt"
+    )
+    print(
+        f"wrote {args.out} ({size / 1e6:.1f} MB, {len(names)} entries): {model}/ (SavedModel), "
+        f"code/inference.py, {dependencies}, code/trainer/wire.py (vendored)"
+    )
     return 0
 
 

@@ -26,10 +26,31 @@ REAL_DATA = Path(os.environ.get("CARVANA_REAL_DATA", REPO.parent / "shared" / "c
 # minute), `make test` (CI) runs everything. A test is slow when it needs a process or a server that
 # takes seconds to start (these fixtures), reads the real photos, or its module builds, trains or
 # exports TensorFlow models (these modules); a single slow test elsewhere carries @pytest.mark.slow.
-SLOW_FIXTURES = frozenset({"moto_server", "s3_bucket", "endpoint_factory", "served_endpoint", "real_data",
-                           "tiny_saved_model", "packaged_model", "sample_tfrecords"})
-SLOW_MODULES = frozenset({"test_notebook", "test_train", "test_debugger", "test_export", "test_predict",
-                          "test_evaluate", "test_template", "test_offline_online", "test_unet"})
+SLOW_FIXTURES = frozenset(
+    {
+        "moto_server",
+        "s3_bucket",
+        "endpoint_factory",
+        "served_endpoint",
+        "real_data",
+        "tiny_saved_model",
+        "packaged_model",
+        "sample_tfrecords",
+    }
+)
+SLOW_MODULES = frozenset(
+    {
+        "test_notebook",
+        "test_train",
+        "test_debugger",
+        "test_export",
+        "test_predict",
+        "test_evaluate",
+        "test_template",
+        "test_offline_online",
+        "test_unet",
+    }
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,13 +133,21 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
     import boto3
 
     for name, value in {
-        "AWS_ENDPOINT_URL": moto_server, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1", "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
     }.items():
         monkeypatch.setenv(name, value)
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3",
-                 "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+    ):
         monkeypatch.delenv(name, raising=False)
     bucket = f"carvana-test-{uuid.uuid4().hex[:10]}"
     boto3.client("s3").create_bucket(Bucket=bucket)

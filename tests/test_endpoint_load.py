@@ -27,8 +27,9 @@ from trainer.wire import MAX_PIXELS
 
 
 def post(url: str, photo: bytes, path: str = "/invocations") -> requests.Response:
-    return requests.post(f"{url}{path}", data=photo, timeout=60,
-                         headers={"Content-Type": "image/jpeg", "Accept": "image/png"})
+    return requests.post(
+        f"{url}{path}", data=photo, timeout=60, headers={"Content-Type": "image/jpeg", "Accept": "image/png"}
+    )
 
 
 def mask_of(response: requests.Response) -> np.ndarray:
@@ -43,27 +44,38 @@ def mask_of(response: requests.Response) -> np.ndarray:
     "document",
     [
         lambda b64: {"instances": [{"b64": b64}]},
-        lambda b64: {"signature_name": "mask_png",
-                     "instances": [{"image_bytes": {"b64": b64}, "orientation": 1}]},
+        lambda b64: {
+            "signature_name": "mask_png",
+            "instances": [{"image_bytes": {"b64": b64}, "orientation": 1}],
+        },
         lambda b64: {"inputs": {"image_bytes": [{"b64": b64}]}},
     ],
     ids=["serving_default", "mask_png", "columnar"],
 )
 def test_tf_serving_rest_refuses_a_png_bomb_from_its_header(
-    served_endpoint: str, png_header: Callable[[int, int], bytes], make_photo: Callable[..., bytes],
-    prefix: str, document: Callable[[str], dict],
+    served_endpoint: str,
+    png_header: Callable[[int, int], bytes],
+    make_photo: Callable[..., bytes],
+    prefix: str,
+    document: Callable[[str], dict],
 ) -> None:
     bomb = png_header(90000, 90000)
     started = time.perf_counter()
-    response = requests.post(f"{served_endpoint}{prefix}/v1/models/unet:predict", timeout=60,
-                             json=document(base64.b64encode(bomb).decode()))
+    response = requests.post(
+        f"{served_endpoint}{prefix}/v1/models/unet:predict",
+        timeout=60,
+        json=document(base64.b64encode(bomb).decode()),
+    )
     assert response.status_code == 413
     message = response.json()["error"]
     assert "instance 0, input 'image_bytes': photo is 90000x90000 = 8100000000 pixels" in message
     assert f"over the limit of {MAX_PIXELS} pixels: refused from its header" in message
     assert time.perf_counter() - started < 5  # nothing was decoded
-    good = requests.post(f"{served_endpoint}{prefix}/v1/models/unet:predict", timeout=60,
-                         json=document(base64.b64encode(make_photo()).decode()))
+    good = requests.post(
+        f"{served_endpoint}{prefix}/v1/models/unet:predict",
+        timeout=60,
+        json=document(base64.b64encode(make_photo()).decode()),
+    )
     assert good.status_code == 200, good.text
 
 
@@ -99,8 +111,11 @@ def test_more_requests_than_it_holds_get_503_and_the_deadline_504(
     then   the server answers the next request 200, with the right mask.
     """
     photo = make_photo(height=48, width=64, seed=3)
-    env = {"SAGEMAKER_TFS_ENABLE_BATCHING": "true", "SAGEMAKER_TFS_MAX_BATCH_SIZE": "8",
-           "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS": "2000000"}
+    env = {
+        "SAGEMAKER_TFS_ENABLE_BATCHING": "true",
+        "SAGEMAKER_TFS_MAX_BATCH_SIZE": "8",
+        "SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS": "2000000",
+    }
     args = ("--max-inflight", "1", "--max-queue", "2", "--deadline", "3")
     with endpoint_factory(tiny_saved_model, *args, env=env, log_dir=tmp_path) as url:
         results: dict[str, requests.Response] = {}
@@ -140,5 +155,9 @@ def test_more_requests_than_it_holds_get_503_and_the_deadline_504(
         np.testing.assert_array_equal(mask_of(post(url, photo)), reference)
         log = (tmp_path / f"serve-{url.rsplit(':', 1)[1]}.log").read_text()
         assert "ran past its 3 s deadline: answered 504, still running" in log
-        assert json.loads(requests.get(f"{url}/v1/models/unet", timeout=10).content)[
-            "model_version_status"][0]["state"] == "AVAILABLE"
+        assert (
+            json.loads(requests.get(f"{url}/v1/models/unet", timeout=10).content)["model_version_status"][0][
+                "state"
+            ]
+            == "AVAILABLE"
+        )

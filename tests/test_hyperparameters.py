@@ -48,11 +48,30 @@ def test_declared_bounds_are_checked(argv: list[str], message: str) -> None:
 
 def test_launcher_hyperparameters_are_typed_and_checked_like_the_entry_point() -> None:
     parser = launch_parser("fit")
-    args = parser.parse_args(["--data", "d", "--image-size", "64x96", "--epochs", "3",
-                              "--hp", "depth=3", "--hp", "batch-norm=false", "--hp", "extra=1e-3"])
+    args = parser.parse_args(
+        [
+            "--data",
+            "d",
+            "--image-size",
+            "64x96",
+            "--epochs",
+            "3",
+            "--hp",
+            "depth=3",
+            "--hp",
+            "batch-norm=false",
+            "--hp",
+            "extra=1e-3",
+        ]
+    )
     spec = job_spec_from_args(args, "job-1")
-    assert spec.hyperparameters == {"image-size": "64x96", "epochs": 3, "depth": 3, "batch-norm": "false",
-                                    "extra": 0.001}
+    assert spec.hyperparameters == {
+        "image-size": "64x96",
+        "epochs": 3,
+        "depth": 3,
+        "batch-norm": "false",
+        "extra": 0.001,
+    }
     with pytest.raises(LaunchError, match=r"--epochs must be positive, got 0"):
         job_spec_from_args(parser.parse_args(["--data", "d", "--epochs", "0"]), "job-2")
     with pytest.raises(LaunchError, match=r"--hp depth=three: invalid literal"):

@@ -176,7 +176,9 @@ def built_package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("lambda-package")
     subprocess.run(
         ["make", "-s", "-C", str(REPO / "lambda"), "build-MaskFunction", f"ARTIFACTS_DIR={out}"],
-        check=True, capture_output=True, timeout=60,
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
     return out
 

@@ -64,9 +64,15 @@ def sm(aws: str) -> tuple[smb.SageMakerSettings, object, Recorder]:
 def job_spec(bucket: str, name: str = "carvana-unet-test-1", **overrides) -> JobSpec:
     fields = dict(
         job_name=name,
-        channels={"train": f"s3://{bucket}/tfrecords/train", "validation": f"s3://{bucket}/tfrecords/validation"},
+        channels={
+            "train": f"s3://{bucket}/tfrecords/train",
+            "validation": f"s3://{bucket}/tfrecords/validation",
+        },
         hyperparameters={"epochs": 3, "batch-size": 8, "image-size": "128x192", "learning-rate": 0.001},
-        spot=True, max_run_s=3600, max_wait_s=7200, tags={"team": "studio"},
+        spot=True,
+        max_run_s=3600,
+        max_wait_s=7200,
+        tags={"team": "studio"},
     )
     return JobSpec(**{**fields, **overrides})
 
@@ -88,16 +94,24 @@ def test_fit_sends_create_training_job(sm) -> None:
     algorithm = request["AlgorithmSpecification"]
     assert algorithm["TrainingImage"] == f"{ECR}/tensorflow-training:2.19-gpu-py312"
     assert algorithm["MetricDefinitions"] == list(METRIC_DEFINITIONS)
-    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1,
-                                         "VolumeSizeInGB": 30}
+    assert request["ResourceConfig"] == {
+        "InstanceType": "ml.g5.xlarge",
+        "InstanceCount": 1,
+        "VolumeSizeInGB": 30,
+    }
 
     # Hyperparameters: JSON strings, exactly what the local backend writes to hyperparameters.json.
     hps = request["HyperParameters"]
     user = {k: v for k, v in hps.items() if not k.startswith("sagemaker_")}
     assert user == encode_hyperparameters(spec.job_hyperparameters)
     # max-minutes derived from max_run (3600 s less a 360 s margin): the job ends itself and exports.
-    assert user == {"epochs": "3", "batch-size": "8", "image-size": '"128x192"', "learning-rate": "0.001",
-                    "max-minutes": "54.0"}
+    assert user == {
+        "epochs": "3",
+        "batch-size": "8",
+        "image-size": '"128x192"',
+        "learning-rate": "0.001",
+        "max-minutes": "54.0",
+    }
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert "model_dir" not in hps  # the SavedModel goes to SM_MODEL_DIR, not an s3:// --model_dir
 
@@ -109,14 +123,20 @@ def test_fit_sends_create_training_job(sm) -> None:
 
     assert request["EnableManagedSpotTraining"] is True
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
-    assert request["CheckpointConfig"]["S3Uri"] == f"s3://{settings.bucket}/carvana-unet/checkpoints/{spec.job_name}/"
+    assert (
+        request["CheckpointConfig"]["S3Uri"]
+        == f"s3://{settings.bucket}/carvana-unet/checkpoints/{spec.job_name}/"
+    )
     assert request["OutputDataConfig"]["S3OutputPath"] == f"s3://{settings.bucket}/carvana-unet/jobs"
     assert request["TensorBoardOutputConfig"] == {
         "S3OutputPath": f"s3://{settings.bucket}/carvana-unet/tensorboard",
         "LocalPath": "/opt/ml/output/tensorboard",
     }
-    assert request["ProfilerConfig"] == {"S3OutputPath": f"s3://{settings.bucket}/carvana-unet/profiler",
-                                         "ProfilingIntervalInMilliseconds": 500, "DisableProfiler": False}
+    assert request["ProfilerConfig"] == {
+        "S3OutputPath": f"s3://{settings.bucket}/carvana-unet/profiler",
+        "ProfilingIntervalInMilliseconds": 500,
+        "DisableProfiler": False,
+    }
     # The system-metric profiler rules, each run by AWS's rule image for the job's region.
     rules = {r["RuleConfigurationName"].split("-")[0]: r for r in request["ProfilerRuleConfigurations"]}
     assert sorted(rules) == sorted(smb.SYSTEM_PROFILER_RULES)
@@ -143,13 +163,19 @@ def test_fit_sends_create_training_job(sm) -> None:
 
 def test_profiler_can_be_turned_off(sm) -> None:
     settings, session, recorder = sm
-    smb.fit(job_spec(settings.bucket, name="carvana-unet-noprof"), replace(settings, profiler=False),
-            session=session)
+    smb.fit(
+        job_spec(settings.bucket, name="carvana-unet-noprof"),
+        replace(settings, profiler=False),
+        session=session,
+    )
     request = recorder.one("CreateTrainingJob")
     assert request["ProfilerConfig"] == {"DisableProfiler": True}
     assert "ProfilerRuleConfigurations" not in request
-    smb.fit(job_spec(settings.bucket, name="carvana-unet-norules"), replace(settings, profiler_rules=False),
-            session=session)
+    smb.fit(
+        job_spec(settings.bucket, name="carvana-unet-norules"),
+        replace(settings, profiler_rules=False),
+        session=session,
+    )
     request = [body for name, body in recorder.calls if name == "CreateTrainingJob"][-1]
     assert request["ProfilerConfig"]["DisableProfiler"] is False
     assert "ProfilerRuleConfigurations" not in request
@@ -157,24 +183,39 @@ def test_profiler_can_be_turned_off(sm) -> None:
 
 def test_metric_definitions_read_the_entry_point_line() -> None:
     line = "epoch=3 loss=0.0412 dice=0.9731 val_loss=0.0398 val_dice=0.9802\n"
-    assert scrape_metrics(line) == {"epoch": 3.0, "loss": 0.0412, "dice": 0.9731, "val_loss": 0.0398,
-                                    "val_dice": 0.9802}
+    assert scrape_metrics(line) == {
+        "epoch": 3.0,
+        "loss": 0.0412,
+        "dice": 0.9731,
+        "val_loss": 0.0398,
+        "val_dice": 0.9802,
+    }
     assert scrape_metrics("4/4 - 2s - loss: 1.16 - val_dice: 0.33") == {}
     # The debugger's line (CloudWatch metrics an alarm can watch) and the export's partial flag.
     findings = [{"rule": "overfitting"}, {"rule": "overfitting"}, {"rule": "loss_not_decreasing"}]
     line = debugger_line(findings, 0.03125)
     assert scrape_metrics(line) == {
-        "debugger_findings": 3, "debugger_nonfinite_loss": 0, "debugger_loss_not_decreasing": 1,
-        "debugger_overfitting": 2, "debugger_exploding_gradients": 0, "debugger_vanishing_gradients": 0,
-        "grad_norm": 0.03125}
+        "debugger_findings": 3,
+        "debugger_nonfinite_loss": 0,
+        "debugger_loss_not_decreasing": 1,
+        "debugger_overfitting": 2,
+        "debugger_exploding_gradients": 0,
+        "debugger_vanishing_gradients": 0,
+        "grad_norm": 0.03125,
+    }
     assert scrape_metrics("model_partial=1") == {"model_partial": 1.0}
     assert len(METRIC_DEFINITIONS) <= 40  # CreateTrainingJob's limit
 
 
 def test_tune_sends_create_hyper_parameter_tuning_job(sm) -> None:
     settings, session, recorder = sm
-    base = job_spec(settings.bucket, name="carvana-tune-test-1", spot=False, max_wait_s=None,
-                    hyperparameters={"image-size": "128x192"})
+    base = job_spec(
+        settings.bucket,
+        name="carvana-tune-test-1",
+        spot=False,
+        max_wait_s=None,
+        hyperparameters={"image-size": "128x192"},
+    )
     smb.tune(TuningSpec(job=base, max_jobs=6, max_parallel_jobs=2), settings, session=session)
 
     request = recorder.one("CreateHyperParameterTuningJob")
@@ -217,35 +258,49 @@ def test_tune_sends_create_hyper_parameter_tuning_job(sm) -> None:
 
 def _stub_tuning_report(stubber: Stubber) -> None:
     now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    stubber.add_response("describe_hyper_parameter_tuning_job", {
-        "HyperParameterTuningJobName": "carvana-tune-test-2",
-        "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/x",
-        "HyperParameterTuningJobConfig": {"Strategy": "Bayesian", "ResourceLimits": {
-            "MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2}},
-        "HyperParameterTuningJobStatus": "Completed",
-        "CreationTime": now,
-        "TrainingJobStatusCounters": {"Completed": 6},
-        "ObjectiveStatusCounters": {"Succeeded": 6},
-        "BestTrainingJob": {
+    stubber.add_response(
+        "describe_hyper_parameter_tuning_job",
+        {
+            "HyperParameterTuningJobName": "carvana-tune-test-2",
+            "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/x",
+            "HyperParameterTuningJobConfig": {
+                "Strategy": "Bayesian",
+                "ResourceLimits": {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2},
+            },
+            "HyperParameterTuningJobStatus": "Completed",
+            "CreationTime": now,
+            "TrainingJobStatusCounters": {"Completed": 6},
+            "ObjectiveStatusCounters": {"Succeeded": 6},
+            "BestTrainingJob": {
+                "TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d",
+                "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
+                "CreationTime": now,
+                "TrainingJobStatus": "Completed",
+                "TunedHyperParameters": {"batch-size": '"8"', "learning-rate": "0.00042", "epochs": "31"},
+                "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_dice", "Value": 0.9912},
+            },
+        },
+        {"HyperParameterTuningJobName": "carvana-tune-test-2"},
+    )
+    stubber.add_response(
+        "describe_training_job",
+        {
             "TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d",
             "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
-            "CreationTime": now,
+            "ModelArtifacts": {
+                "S3ModelArtifacts": "s3://b/jobs/carvana-tune-test-2-004-1a2b3c4d/output/model.tar.gz"
+            },
             "TrainingJobStatus": "Completed",
-            "TunedHyperParameters": {"batch-size": '"8"', "learning-rate": "0.00042", "epochs": "31"},
-            "FinalHyperParameterTuningJobObjectiveMetric": {"MetricName": "val_dice", "Value": 0.9912},
+            "SecondaryStatus": "Completed",
+            "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+            "CreationTime": now,
+            "FinalMetricDataList": [
+                {"MetricName": "val_dice", "Value": 0.9912, "Timestamp": now},
+                {"MetricName": "val_loss", "Value": 0.0213, "Timestamp": now},
+            ],
         },
-    }, {"HyperParameterTuningJobName": "carvana-tune-test-2"})
-    stubber.add_response("describe_training_job", {
-        "TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d",
-        "TrainingJobArn": "arn:aws:sagemaker:us-east-1:123456789012:training-job/x",
-        "ModelArtifacts": {"S3ModelArtifacts": "s3://b/jobs/carvana-tune-test-2-004-1a2b3c4d/output/model.tar.gz"},
-        "TrainingJobStatus": "Completed",
-        "SecondaryStatus": "Completed",
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
-        "CreationTime": now,
-        "FinalMetricDataList": [{"MetricName": "val_dice", "Value": 0.9912, "Timestamp": now},
-                                {"MetricName": "val_loss", "Value": 0.0213, "Timestamp": now}],
-    }, {"TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d"})
+        {"TrainingJobName": "carvana-tune-test-2-004-1a2b3c4d"},
+    )
 
 
 def test_tuning_report_names_the_best_job_and_its_metrics(sm) -> None:
@@ -266,8 +321,10 @@ def _stopped_job(name: str, metrics: dict[str, float]) -> dict:
         "TrainingJobName": name,
         "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{name}",
         "ModelArtifacts": {"S3ModelArtifacts": f"s3://b/jobs/{name}/output/model.tar.gz"},
-        "TrainingJobStatus": "Stopped", "SecondaryStatus": "MaxRuntimeExceeded",
-        "StoppingCondition": {"MaxRuntimeInSeconds": 3600}, "CreationTime": now,
+        "TrainingJobStatus": "Stopped",
+        "SecondaryStatus": "MaxRuntimeExceeded",
+        "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
+        "CreationTime": now,
         "FinalMetricDataList": [{"MetricName": k, "Value": v, "Timestamp": now} for k, v in metrics.items()],
     }
 
@@ -277,11 +334,14 @@ def test_a_stopped_job_with_an_exported_model_is_deployable(sm) -> None:
     settings, session, _ = sm
     backend = smb.SageMakerBackend(settings, session)
     with Stubber(session.sagemaker_client) as stubber:
-        stubber.add_response("describe_training_job",
-                             _stopped_job("job-a", {"val_dice": 0.97, "model_partial": 1}),
-                             {"TrainingJobName": "job-a"})
-        stubber.add_response("describe_training_job", _stopped_job("job-b", {"val_dice": 0.97}),
-                             {"TrainingJobName": "job-b"})
+        stubber.add_response(
+            "describe_training_job",
+            _stopped_job("job-a", {"val_dice": 0.97, "model_partial": 1}),
+            {"TrainingJobName": "job-a"},
+        )
+        stubber.add_response(
+            "describe_training_job", _stopped_job("job-b", {"val_dice": 0.97}), {"TrainingJobName": "job-b"}
+        )
         partial, unexported = backend.describe_job("job-a"), backend.describe_job("job-b")
     assert partial.model_partial is True
     assert partial.deployable_model() == "s3://b/jobs/job-a/output/model.tar.gz"
@@ -314,8 +374,12 @@ def _upload_model(bucket: str) -> str:
 def test_deploy_creates_model_config_and_endpoint(sm) -> None:
     settings, session, recorder = sm
     model_data = _upload_model(settings.bucket)
-    spec = DeploySpec(endpoint_name="carvana-test-ep", model_data=model_data, instance_type="ml.g4dn.xlarge",
-                      environment={"SAGEMAKER_TFS_ENABLE_BATCHING": "true"})
+    spec = DeploySpec(
+        endpoint_name="carvana-test-ep",
+        model_data=model_data,
+        instance_type="ml.g4dn.xlarge",
+        environment={"SAGEMAKER_TFS_ENABLE_BATCHING": "true"},
+    )
     result = smb.deploy(spec, settings, session=session)
 
     model = recorder.one("CreateModel")
@@ -327,8 +391,13 @@ def test_deploy_creates_model_config_and_endpoint(sm) -> None:
     assert container["ModelDataUrl"].startswith(f"s3://{settings.bucket}/carvana-unet/models/")
     # The SDK repacked the job's archive with our handlers, in the TF Serving container layout.
     files = s3_tar_names(container["ModelDataUrl"])
-    assert {"unet/1/saved_model.pb", "code/inference.py", "code/requirements.txt",
-            "code/trainer/__init__.py", "code/trainer/wire.py"} <= set(files)
+    assert {
+        "unet/1/saved_model.pb",
+        "code/inference.py",
+        "code/requirements.txt",
+        "code/trainer/__init__.py",
+        "code/trainer/wire.py",
+    } <= set(files)
     # No code/lib: the TF Serving container would then skip requirements.txt (Pillow for the handlers).
     assert not any(name.startswith("code/lib/") for name in files)
     assert b"Pillow" in files["code/requirements.txt"]
@@ -339,8 +408,11 @@ def test_deploy_creates_model_config_and_endpoint(sm) -> None:
     assert variant["ModelName"] == model["ModelName"] == result.model_name
     assert (variant["InstanceType"], variant["InitialInstanceCount"]) == ("ml.g4dn.xlarge", 1)
     endpoint = recorder.one("CreateEndpoint")
-    assert endpoint == {"EndpointName": "carvana-test-ep", "EndpointConfigName": config["EndpointConfigName"],
-                        "Tags": [{"Key": "project", "Value": "carvana-unet"}]}
+    assert endpoint == {
+        "EndpointName": "carvana-test-ep",
+        "EndpointConfigName": config["EndpointConfigName"],
+        "Tags": [{"Key": "project", "Value": "carvana-unet"}],
+    }
     assert result.image_uri == container["Image"]
 
     smb.delete_endpoint("carvana-test-ep", session)
@@ -351,8 +423,13 @@ def test_deploy_creates_model_config_and_endpoint(sm) -> None:
 
 def test_serverless_deploy_uses_the_cpu_image(sm) -> None:
     settings, session, recorder = sm
-    spec = DeploySpec(endpoint_name="carvana-test-sls", model_data=_upload_model(settings.bucket),
-                      serverless=True, memory_mb=3072, max_concurrency=4)
+    spec = DeploySpec(
+        endpoint_name="carvana-test-sls",
+        model_data=_upload_model(settings.bucket),
+        serverless=True,
+        memory_mb=3072,
+        max_concurrency=4,
+    )
     smb.deploy(spec, settings, session=session)
     assert recorder.one("CreateModel")["PrimaryContainer"]["Image"] == f"{ECR}/tensorflow-inference:2.19-cpu"
     variant = recorder.one("CreateEndpointConfig")["ProductionVariants"][0]
@@ -363,9 +440,26 @@ def test_serverless_deploy_uses_the_cpu_image(sm) -> None:
 def test_cli_fit_on_sagemaker(aws: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     """The CLI path end to end, checked through moto's record of the job."""
     monkeypatch.setenv("SAGEMAKER_ROLE", ACCOUNT_ROLE)
-    code = cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--no-wait",
-                     "--data", f"s3://{aws}/tfrecords", "--epochs", "2", "--hp", "depth=3",
-                     "--job-name", "carvana-cli-1", "--instance-type", "ml.g4dn.xlarge"])
+    code = cli_main(
+        [
+            "fit",
+            "--backend",
+            "sagemaker",
+            "--bucket",
+            aws,
+            "--no-wait",
+            "--data",
+            f"s3://{aws}/tfrecords",
+            "--epochs",
+            "2",
+            "--hp",
+            "depth=3",
+            "--job-name",
+            "carvana-cli-1",
+            "--instance-type",
+            "ml.g4dn.xlarge",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     job = boto3.client("sagemaker").describe_training_job(TrainingJobName="carvana-cli-1")
     assert job["HyperParameters"]["epochs"] == "2" and job["HyperParameters"]["depth"] == "3"
@@ -374,12 +468,25 @@ def test_cli_fit_on_sagemaker(aws: str, monkeypatch: pytest.MonkeyPatch, capsys)
     assert [c["ChannelName"] for c in job["InputDataConfig"]] == ["train", "validation"]
 
 
-def test_cli_refuses_sagemaker_without_role_or_local_channels(aws: str, monkeypatch, capsys,
-                                                              tmp_path: Path) -> None:
+def test_cli_refuses_sagemaker_without_role_or_local_channels(
+    aws: str, monkeypatch, capsys, tmp_path: Path
+) -> None:
     monkeypatch.delenv("SAGEMAKER_ROLE", raising=False)
     assert cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--data", f"s3://{aws}/x"]) == 2
     assert "--role" in capsys.readouterr().err
-    code = cli_main(["fit", "--backend", "sagemaker", "--bucket", aws, "--role", ACCOUNT_ROLE,
-                     "--data", str(tmp_path), "--no-wait"])
+    code = cli_main(
+        [
+            "fit",
+            "--backend",
+            "sagemaker",
+            "--bucket",
+            aws,
+            "--role",
+            ACCOUNT_ROLE,
+            "--data",
+            str(tmp_path),
+            "--no-wait",
+        ]
+    )
     assert code == 2
     assert "SageMaker reads s3:// prefixes" in capsys.readouterr().err

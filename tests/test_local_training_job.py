@@ -40,8 +40,15 @@ from trainer.training.config import parse_config
 tf_summary_iterator = tf.compat.v1.train.summary_iterator
 
 # Fast settings of carvana train: no profiler trace, no TensorBoard image previews.
-TINY = {"epochs": 1, "batch-size": 8, "image-size": "64x96", "depth": 2, "base-filters": 4,
-        "profile-batches": "0", "preview-images": 0}
+TINY = {
+    "epochs": 1,
+    "batch-size": 8,
+    "image-size": "64x96",
+    "depth": 2,
+    "base-filters": 4,
+    "profile-batches": "0",
+    "preview-images": 0,
+}
 
 
 def _gpus_listed() -> int:
@@ -91,8 +98,15 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     hps = json.loads((config / "hyperparameters.json").read_text())
     # Every value a JSON string, as the SageMaker SDK sends them (strings quoted once more).
     assert {k: v for k, v in hps.items() if not k.startswith("sagemaker_")} == {
-        "epochs": "2", "batch-size": "8", "image-size": '"64x96"', "depth": "2", "base-filters": "4",
-        "profile-batches": '"0"', "preview-images": "0", "max-minutes": "165.0"}  # max_run 3 h - 15 min
+        "epochs": "2",
+        "batch-size": "8",
+        "image-size": '"64x96"',
+        "depth": "2",
+        "base-filters": "4",
+        "profile-batches": '"0"',
+        "preview-images": "0",
+        "max-minutes": "165.0",
+    }  # max_run 3 h - 15 min
     assert json.loads(hps["sagemaker_program"]) == "train.py"
     assert json.loads((config / "resourceconfig.json").read_text())["hosts"] == ["algo-1"]
     channels = json.loads((config / "inputdataconfig.json").read_text())
@@ -100,8 +114,10 @@ def test_config_files_and_arguments_match_the_container(fitted, sample_tfrecords
     channel = result.job_dir / "opt" / "ml" / "input" / "data" / "train"
     assert channel.resolve() == (sample_tfrecords / "train").resolve()
     # The script's command line: sorted --name value pairs, in the staged code folder.
-    assert ("train.py --base-filters 4 --batch-size 8 --depth 2 --epochs 2 --image-size 64x96 "
-            "--max-minutes 165.0 --preview-images 0 --profile-batches 0") in log
+    assert (
+        "train.py --base-filters 4 --batch-size 8 --depth 2 --epochs 2 --image-size 64x96 "
+        "--max-minutes 165.0 --preview-images 0 --profile-batches 0"
+    ) in log
     assert (result.job_dir / "opt" / "ml" / "code" / "trainer" / "train.py").is_file()
     # The job runs the product only: no launcher, nothing that imports the local stand-ins.
     code = result.job_dir / "opt" / "ml" / "code"
@@ -171,21 +187,31 @@ def test_debugger_findings_are_training_metrics(fitted) -> None:
     with tarfile.open(result.output_artifact) as archive:
         report = json.loads(archive.extractfile("debugger-report.json").read())
     assert result.final_metrics["debugger_findings"] == len(report["findings"])
-    assert result.final_metrics["grad_norm"] == pytest.approx(report["gradient_norms"][-1]["global_norm"],
-                                                              rel=1e-3)
+    assert result.final_metrics["grad_norm"] == pytest.approx(
+        report["gradient_norms"][-1]["global_norm"], rel=1e-3
+    )
     assert result.final_metrics["model_partial"] == 0  # it finished: the export is complete
     events = (result.job_dir / "opt" / "ml" / "output" / "tensorboard" / "debugger").glob("events*")
-    tags = {value.tag for event_file in events
-            for event in tf_summary_iterator(str(event_file)) for value in event.summary.value}
+    tags = {
+        value.tag
+        for event_file in events
+        for event in tf_summary_iterator(str(event_file))
+        for value in event.summary.value
+    }
     assert {"debugger/debugger_findings", "debugger/grad_norm", "debugger/debugger_overfitting"} <= tags
 
 
-def test_sigterm_mid_epoch_exports_the_best_weights_marked_partial(sample_tfrecords: Path, sample_data: Path,
-                                                                  tmp_path: Path, capsys) -> None:
+def test_sigterm_mid_epoch_exports_the_best_weights_marked_partial(
+    sample_tfrecords: Path, sample_data: Path, tmp_path: Path, capsys
+) -> None:
     """MaxRuntimeInSeconds / StopTrainingJob / spot: SIGTERM mid-epoch still leaves a deployable model."""
     stream = io.StringIO()
-    result = run_job(tiny_job(sample_tfrecords, "carvana-sigterm-1", epochs=4), tmp_path,
-                     on_epoch=lambda metrics: metrics["epoch"] >= 2, stream=stream)
+    result = run_job(
+        tiny_job(sample_tfrecords, "carvana-sigterm-1", epochs=4),
+        tmp_path,
+        on_epoch=lambda metrics: metrics["epoch"] >= 2,
+        stream=stream,
+    )
     log = stream.getvalue()
     assert result.status == "Stopped", log[-3000:]
     assert "interrupted: stopped by signal after 2 complete epochs (1 batches into epoch 3)" in log
@@ -202,8 +228,19 @@ def test_sigterm_mid_epoch_exports_the_best_weights_marked_partial(sample_tfreco
     # give the partial model's masks pixel for pixel.
     checkpoints = result.job_dir / "opt" / "ml" / "checkpoints"
     assert json.loads((checkpoints / "state.json").read_text())["epoch"] == 2
-    config = parse_config(["--image-size", "64x96", "--depth", "2", "--base-filters", "4",
-                           "--model-dir", str(tmp_path / "reference")], {})
+    config = parse_config(
+        [
+            "--image-size",
+            "64x96",
+            "--depth",
+            "2",
+            "--base-filters",
+            "4",
+            "--model-dir",
+            str(tmp_path / "reference"),
+        ],
+        {},
+    )
     reference = build_model(config)
     reference.load_weights(checkpoints / "best.weights.h5")
     export(reference, config)
@@ -233,13 +270,18 @@ def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path
     checkpoints = tmp_path / "ckpt"
     first = run_job(
         replace(tiny_job(sample_tfrecords, "carvana-spot-1", epochs=3), checkpoint_uri=str(checkpoints)),
-        tmp_path / "jobs", on_epoch=lambda metrics: metrics["epoch"] >= 1, stream=io.StringIO())
+        tmp_path / "jobs",
+        on_epoch=lambda metrics: metrics["epoch"] >= 1,
+        stream=io.StringIO(),
+    )
     assert first.status == "Stopped"
     assert (checkpoints / "state.json").is_file()
     stream = io.StringIO()
     second = run_job(
         replace(tiny_job(sample_tfrecords, "carvana-spot-2", epochs=3), checkpoint_uri=str(checkpoints)),
-        tmp_path / "jobs", stream=stream)
+        tmp_path / "jobs",
+        stream=stream,
+    )
     assert second.status == "Completed", second.failure_reason
     assert "resuming after epoch" in stream.getvalue()
     assert second.history[0]["epoch"] > 1  # it did not start over
@@ -247,18 +289,22 @@ def test_sigterm_stop_then_resume_from_synced_checkpoints(sample_tfrecords: Path
 
 
 def test_max_run_stops_the_job_like_sagemaker(sample_tfrecords: Path, tmp_path: Path) -> None:
-    result = run_job(replace(tiny_job(sample_tfrecords, "carvana-timeout-1"), max_run_s=1),
-                           tmp_path, stream=io.StringIO())
+    result = run_job(
+        replace(tiny_job(sample_tfrecords, "carvana-timeout-1"), max_run_s=1), tmp_path, stream=io.StringIO()
+    )
     assert result.status == "Stopped"
     description = json.loads((result.job_dir / "description.json").read_text())
     assert description["SecondaryStatus"] == "MaxRuntimeExceeded"
     assert Path(result.model_artifact).is_file()  # SageMaker uploads what a stopped job left
 
 
-def test_local_tuning_resumes_without_rerunning_finished_trials(sample_tfrecords: Path,
-                                                               tmp_path: Path) -> None:
-    base = replace(tiny_job(sample_tfrecords, "carvana-tune-local"),
-                   hyperparameters={k: v for k, v in TINY.items() if k != "batch-size"})
+def test_local_tuning_resumes_without_rerunning_finished_trials(
+    sample_tfrecords: Path, tmp_path: Path
+) -> None:
+    base = replace(
+        tiny_job(sample_tfrecords, "carvana-tune-local"),
+        hyperparameters={k: v for k, v in TINY.items() if k != "batch-size"},
+    )
     ranges = (Categorical("batch-size", (4, 8)), Continuous("learning-rate", 1e-4, 1e-2, log=True))
     spec = TuningSpec(job=base, ranges=ranges, max_jobs=2, max_parallel_jobs=1)
     work = tmp_path / "work"
@@ -278,7 +324,10 @@ def test_local_tuning_resumes_without_rerunning_finished_trials(sample_tfrecords
     states = [t.state.name for t in study.trials]
     assert states.count("COMPLETE") == 3 and states.count("FAIL") == 1
     assert sorted(p.name for p in (work / "carvana-tune-local" / "jobs").iterdir()) == [
-        "carvana-tune-local-000", "carvana-tune-local-001", "carvana-tune-local-003"]
+        "carvana-tune-local-000",
+        "carvana-tune-local-001",
+        "carvana-tune-local-003",
+    ]
 
     with second.results_csv.open() as handle:
         rows = list(csv.DictReader(handle))

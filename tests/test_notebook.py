@@ -44,20 +44,38 @@ def test_notebook_is_committed_without_outputs() -> None:
 def test_notebook_runs_top_to_bottom(tmp_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     work = tmp_path / "run"
-    inject_parameters(notebook, {"WORK": str(work), "EPOCHS": 1, "TUNE_TRIALS": 1, "TUNE_EPOCHS": 1,
-                                 "DEPTH": 2, "BASE_FILTERS": 4, "SHOW_PHOTOS": 3, "PORT": _free_port()})
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    inject_parameters(
+        notebook,
+        {
+            "WORK": str(work),
+            "EPOCHS": 1,
+            "TUNE_TRIALS": 1,
+            "TUNE_EPOCHS": 1,
+            "DEPTH": 2,
+            "BASE_FILTERS": 4,
+            "SHOW_PHOTOS": 3,
+            "PORT": _free_port(),
+        },
+    )
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
 
-    text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                     for output in cell.outputs if output.output_type == "stream")
+    text = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
     dice = re.search(r"mean Dice on 3 validation photos: ([0-9.]+)", text)
     assert dice, text[-3000:]
     assert 0.0 <= float(dice.group(1)) <= 1.0
     assert re.search(r"endpoint mask 192x128, Dice [0-9.]+", text), text[-3000:]
     assert "deleted endpoint" in text
-    images = [o for cell in notebook.cells for o in cell.get("outputs", [])
-              if "image/png" in o.get("data", {})]
+    images = [
+        o for cell in notebook.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
     assert len(images) >= 3  # tuning plot, curves, masks
 
     manifest = json.loads((work / "tfrecords" / "manifest.json").read_text())
@@ -113,14 +131,32 @@ def test_notebook_sagemaker_branch_sends_the_sagemaker_requests(
     s3.put_object(Bucket=bucket, Key=f"{prefix}/output.tar.gz", Body=buffer.getvalue())
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    inject_parameters(notebook, {"WORK": str(tmp_path / "run"), "BACKEND": "sagemaker", "WAIT": False,
-                                 "S3_BUCKET": bucket,
-                                 "JOB_NAME": job_name, "SAMPLE_CARS": 2, "EPOCHS": 1, "TUNE_TRIALS": 2,
-                                 "TUNE_EPOCHS": 2, "SHOW_PHOTOS": 2, "MAX_RUN": 3600})
-    NotebookClient(notebook, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
-    text = "\n".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                     for output in cell.outputs if output.output_type == "stream")
+    inject_parameters(
+        notebook,
+        {
+            "WORK": str(tmp_path / "run"),
+            "BACKEND": "sagemaker",
+            "WAIT": False,
+            "S3_BUCKET": bucket,
+            "JOB_NAME": job_name,
+            "SAMPLE_CARS": 2,
+            "EPOCHS": 1,
+            "TUNE_TRIALS": 2,
+            "TUNE_EPOCHS": 2,
+            "SHOW_PHOTOS": 2,
+            "MAX_RUN": 3600,
+        },
+    )
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    text = "\n".join(
+        output.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for output in cell.outputs
+        if output.output_type == "stream"
+    )
     assert f"role {role_arn}, bucket {bucket}" in text
     assert "TensorFlow estimator: TF 2.19" in text and "HyperparameterTuner: Bayesian" in text
     assert "Lambda answered 502 (application/json)" in text and "deleted endpoint" in text
@@ -135,15 +171,19 @@ def test_notebook_sagemaker_branch_sends_the_sagemaker_requests(
     assert json.loads(job["HyperParameters"]["max-minutes"]) == 54.0  # from MAX_RUN
     assert job["StoppingCondition"]["MaxRuntimeInSeconds"] == 3600 and job["EnableManagedSpotTraining"]
     assert {r["RuleConfigurationName"].split("-")[0] for r in job["ProfilerRuleConfigurations"]} >= {
-        "ProfilerReport", "LowGPUUtilization"}
+        "ProfilerReport",
+        "LowGPUUtilization",
+    }
     assert "debugger_findings" in {d["Name"] for d in job["AlgorithmSpecification"]["MetricDefinitions"]}
     (tuning,) = by_name["CreateHyperParameterTuningJob"]
     ranges = tuning["HyperParameterTuningJobConfig"]["ParameterRanges"]
     assert [r["Name"] for r in ranges["CategoricalParameterRanges"]] == ["batch-size"]
     assert [(r["Name"], r["ScalingType"]) for r in ranges["ContinuousParameterRanges"]] == [
-        ("learning-rate", "Logarithmic")]
+        ("learning-rate", "Logarithmic")
+    ]
     assert [(r["Name"], r["MinValue"], r["MaxValue"]) for r in ranges["IntegerParameterRanges"]] == [
-        ("epochs", "1", "2")]
+        ("epochs", "1", "2")
+    ]
     static = tuning["TrainingJobDefinition"]["StaticHyperParameters"]
     assert not {"batch-size", "learning-rate", "epochs"} & set(static)
     (model,) = by_name["CreateModel"]

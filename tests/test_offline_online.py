@@ -40,7 +40,9 @@ def pixels(data: bytes) -> tuple[str, np.ndarray]:
 
 def endpoint(url: str, photo: bytes, accept: str) -> bytes:
     response = requests.post(
-        f"{url}/invocations", data=photo, timeout=120,
+        f"{url}/invocations",
+        data=photo,
+        timeout=120,
         headers={"Content-Type": "image/jpeg", "Accept": accept},
     )
     assert response.status_code == 200, response.text
@@ -74,7 +76,11 @@ def test_predict_writes_the_endpoints_masks_and_cutouts_pixel_for_pixel(
 
 @pytest.mark.parametrize("orientation", [6, 3])
 def test_a_real_photo_stored_turned_gets_the_upright_photos_mask(
-    real_photos: list[Path], packaged_model: Path, served_endpoint: str, with_orientation, tmp_path: Path,
+    real_photos: list[Path],
+    packaged_model: Path,
+    served_endpoint: str,
+    with_orientation,
+    tmp_path: Path,
     orientation: int,
 ) -> None:
     """A Carvana photo re-saved as a phone stores it (turned, tagged 6 or 3) gets, online and offline,

@@ -127,8 +127,12 @@ def test_the_endpoint_answers_in_display_orientation(
     photo = with_orientation(make_photo(height=40, width=60, seed=6), 6)
 
     def post(accept: str) -> requests.Response:
-        response = requests.post(f"{served_endpoint}/invocations", data=photo, timeout=60,
-                                 headers={"Content-Type": "image/jpeg", "Accept": accept})
+        response = requests.post(
+            f"{served_endpoint}/invocations",
+            data=photo,
+            timeout=60,
+            headers={"Content-Type": "image/jpeg", "Accept": accept},
+        )
         assert response.status_code == 200, response.text
         return response
 

@@ -32,8 +32,9 @@ def wheelhouse(request: pytest.FixtureRequest, tmp_path_factory, python_version:
     if not list(folder.glob("*.whl")):
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            fetch_wheels(folder, python_version=python_version,
-                         platforms=manylinux_platforms(platform.machine()))
+            fetch_wheels(
+                folder, python_version=python_version, platforms=manylinux_platforms(platform.machine())
+            )
         except PackageError as err:
             pytest.skip(f"pip cannot download the wheels (no registry access?): {str(err)[:300]}")
     return folder
@@ -53,8 +54,21 @@ def test_the_default_archive_carries_cp312_linux_wheels_unpacked(
     tiny_saved_model: Path, image_wheels: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "model.tar.gz"
-    assert cli.main(["package", "--model-dir", str(tiny_saved_model), "--out", str(out), "--offline",
-                     "--wheelhouse", str(image_wheels)]) == 0
+    assert (
+        cli.main(
+            [
+                "package",
+                "--model-dir",
+                str(tiny_saved_model),
+                "--out",
+                str(out),
+                "--offline",
+                "--wheelhouse",
+                str(image_wheels),
+            ]
+        )
+        == 0
+    )
     with tarfile.open(out) as archive:
         names = set(archive.getnames())
     assert "code/requirements.txt" not in names  # nothing to pip-install at start-up
@@ -72,8 +86,14 @@ def test_the_offline_archive_imports_and_answers_with_no_site_packages(
 ) -> None:
     """As the container runs it: PYTHONPATH=code:code/lib, no site-packages (-S), no index reachable."""
     out = tmp_path / "model.tar.gz"
-    package(tiny_saved_model, out, offline=True, python_version=HERE_PYTHON,
-            platforms=manylinux_platforms(platform.machine()), wheelhouse=local_wheels)
+    package(
+        tiny_saved_model,
+        out,
+        offline=True,
+        python_version=HERE_PYTHON,
+        platforms=manylinux_platforms(platform.machine()),
+        wheelhouse=local_wheels,
+    )
     with tarfile.open(out) as archive:
         archive.extractall(tmp_path / "model", filter="data")
     code = tmp_path / "model" / "code"
@@ -100,10 +120,16 @@ print(request["instances"][0]["orientation"], cutout.size, cutout.mode)
 print(inference.rle_encode(numpy.array([[0, 1], [1, 1]])))
 print("tensorflow" in sys.modules)
 """
-    environment = {"PYTHONPATH": f"{code}:{code / 'lib'}", "PIP_NO_INDEX": "1", "PATH": "/usr/bin:/bin",
-                   "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, "-S", "-c", script], capture_output=True, text=True,
-                            cwd=tmp_path, env=environment)
+    environment = {
+        "PYTHONPATH": f"{code}:{code / 'lib'}",
+        "PIP_NO_INDEX": "1",
+        "PATH": "/usr/bin:/bin",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+    }
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", script], capture_output=True, text=True, cwd=tmp_path, env=environment
+    )
     assert result.returncode == 0, result.stderr
     numpy_file, pil_file, answer, rle, tensorflow = result.stdout.splitlines()
     assert Path(numpy_file).is_relative_to(code / "lib") and Path(pil_file).is_relative_to(code / "lib")
@@ -113,16 +139,45 @@ print("tensorflow" in sys.modules)
 
 def test_offline_options_are_checked(tiny_saved_model: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
-        cli.main(["package", "--model-dir", str(tiny_saved_model), "--out", str(tmp_path / "m.tar.gz"),
-                  "--wheelhouse", str(tmp_path)])
+        cli.main(
+            [
+                "package",
+                "--model-dir",
+                str(tiny_saved_model),
+                "--out",
+                str(tmp_path / "m.tar.gz"),
+                "--wheelhouse",
+                str(tmp_path),
+            ]
+        )
     assert "--wheelhouse, --python-version and --platform go with --offline" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        cli.main(["package", "--model-dir", str(tiny_saved_model), "--out", str(tmp_path / "m.tar.gz"),
-                  "--offline", "--wheelhouse", str(tmp_path / "empty")])
+        cli.main(
+            [
+                "package",
+                "--model-dir",
+                str(tiny_saved_model),
+                "--out",
+                str(tmp_path / "m.tar.gz"),
+                "--offline",
+                "--wheelhouse",
+                str(tmp_path / "empty"),
+            ]
+        )
     assert "not a folder of wheels" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
-        cli.main(["package", "--model-dir", str(tiny_saved_model), "--out", str(tmp_path / "m.tar.gz"),
-                  "--offline", "--wheelhouse", str(tmp_path / "empty")])
+        cli.main(
+            [
+                "package",
+                "--model-dir",
+                str(tiny_saved_model),
+                "--out",
+                str(tmp_path / "m.tar.gz"),
+                "--offline",
+                "--wheelhouse",
+                str(tmp_path / "empty"),
+            ]
+        )
     assert "cannot get wheels of numpy>=1.26, Pillow>=10 for Python 3.12" in capsys.readouterr().err
     assert not (tmp_path / "m.tar.gz").exists()

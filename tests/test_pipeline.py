@@ -122,8 +122,11 @@ def encoded_mask_dataset(tmp_path: Path, count: int = 12) -> Path:
 def edge_band(mask: np.ndarray) -> np.ndarray:
     """Pixels within one pixel (8-neighbourhood) of the mask's edge."""
     padded = np.pad(mask, 1, mode="edge")
-    shifted = [padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
-               for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    shifted = [
+        padded[1 + dy : padded.shape[0] - 1 + dy, 1 + dx : padded.shape[1] - 1 + dx]
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    ]
     return np.any(shifted, axis=0) & ~np.all(shifted, axis=0)
 
 

@@ -17,7 +17,11 @@ import sys
 # module serves three commands and reads which one from its first argument.
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "make-sample": ("trainer.data.sample", (), "write a synthetic dataset in the Kaggle Carvana layout"),
-    "convert": ("trainer.data.convert", (), "convert a Carvana folder into sharded TFRecords (local or s3://)"),
+    "convert": (
+        "trainer.data.convert",
+        (),
+        "convert a Carvana folder into sharded TFRecords (local or s3://)",
+    ),
     "preview": ("trainer.data.preview", (), "save a PNG grid of one pipeline batch with masks overlaid"),
     "train": ("trainer.train", (), "train the U-Net locally (the SageMaker entry point, local defaults)"),
     "evaluate": ("trainer.evaluate", (), "mean Dice per image at full resolution, worst cases as PNGs"),

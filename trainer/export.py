@@ -63,6 +63,8 @@ def upright(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
     image = tf.cond(flip_lr, lambda: tf.reverse(image, [1]), lambda: image)
     image = tf.cond(flip_ud, lambda: tf.reverse(image, [0]), lambda: image)
     return tf.cond(transpose, lambda: tf.transpose(image, [1, 0, 2]), lambda: image)
+
+
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
 

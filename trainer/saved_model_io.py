@@ -170,10 +170,12 @@ class SegmentationModel:
         signature = self._signature(TTA_SIGNATURE if tta else SIGNATURE)
 
         def run(batch: Sequence[bytes]) -> list[bytes]:
-            outputs = signature(**{
-                INPUT_NAME: tf.constant(list(batch), dtype=tf.string),
-                ORIENTATION_INPUT: tf.constant([exif_orientation(photo) for photo in batch], tf.int32),
-            })
+            outputs = signature(
+                **{
+                    INPUT_NAME: tf.constant(list(batch), dtype=tf.string),
+                    ORIENTATION_INPUT: tf.constant([exif_orientation(photo) for photo in batch], tf.int32),
+                }
+            )
             return [bytes(png) for png in outputs["mask_png_bytes"].numpy()]
 
         if not photos:

@@ -156,7 +156,10 @@ def _schedule_callbacks(config: TrainConfig) -> dict[str, keras.callbacks.Callba
         return {"lr_schedule": keras.callbacks.LearningRateScheduler(rate)}
     return {
         "reduce_lr": keras.callbacks.ReduceLROnPlateau(
-            monitor=PLATEAU_METRIC, factor=opt.lr_factor, patience=opt.lr_patience, min_lr=opt.min_lr,
+            monitor=PLATEAU_METRIC,
+            factor=opt.lr_factor,
+            patience=opt.lr_patience,
+            min_lr=opt.min_lr,
             verbose=1,
         )
     }
@@ -303,8 +306,10 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             )
         except TrainingInterruptedError as err:
             interrupted = err
-            print(f"interrupted: {err}; exporting now, rerun with the same checkpoint folder to resume",
-                  flush=True)
+            print(
+                f"interrupted: {err}; exporting now, rerun with the same checkpoint folder to resume",
+                flush=True,
+            )
         finally:
             debugger.close()
         if interrupted is not None:

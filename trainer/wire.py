@@ -73,7 +73,11 @@ PHOTO_CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-im
 PHOTO_SIGNATURES: dict[bytes, str] = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 # Image formats people send that the model cannot decode: 415 rather than "not an image".
 OTHER_IMAGE_SIGNATURES: dict[bytes, str] = {
-    b"GIF87a": "GIF", b"GIF89a": "GIF", b"BM": "BMP", b"II*\0": "TIFF", b"MM\0*": "TIFF",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\0": "TIFF",
+    b"MM\0*": "TIFF",
 }
 # EXIF Orientation (tag 0x0112) -> how the stored pixels become what a screen shows: flip left-right,
 # then flip top-bottom, then transpose (swap rows and columns), each if set. 6 is a phone held
@@ -225,8 +229,10 @@ class PhotoLimits(NamedTuple):
         """Limits from ``CARVANA_MAX_IMAGE_BYTES`` / ``CARVANA_MAX_PIXELS`` (the model's env vars)."""
         env = os.environ if env is None else env
         values = {}
-        for field_name, variable in (("max_image_bytes", "CARVANA_MAX_IMAGE_BYTES"),
-                                     ("max_pixels", "CARVANA_MAX_PIXELS")):
+        for field_name, variable in (
+            ("max_image_bytes", "CARVANA_MAX_IMAGE_BYTES"),
+            ("max_pixels", "CARVANA_MAX_PIXELS"),
+        ):
             if variable in env:
                 try:
                     values[field_name] = int(env[variable])
@@ -280,15 +286,17 @@ _JPEG_STANDALONE = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])
 def _jpeg_header(data: bytes) -> PhotoHeader:
     """Walk the JPEG's marker segments up to the frame header (SOF): its size, and APP1 Exif's
     orientation on the way (APPn segments precede the frame). Only headers are read."""
-    truncated = WireError(f"JPEG is truncated: its {len(data)} bytes end before the frame header (SOF) "
-                          "that gives its size")
+    truncated = WireError(
+        f"JPEG is truncated: its {len(data)} bytes end before the frame header (SOF) that gives its size"
+    )
     orientation, position = 1, 2
     while True:
         if position >= len(data):
             raise truncated
         if data[position] != 0xFF:
-            raise WireError(f"JPEG is malformed: expected a marker at byte {position}, found "
-                            f"{data[position]:#04x}")
+            raise WireError(
+                f"JPEG is malformed: expected a marker at byte {position}, found {data[position]:#04x}"
+            )
         while position < len(data) and data[position] == 0xFF:  # fill bytes
             position += 1
         if position >= len(data):

@@ -206,11 +206,16 @@ class AdmissionGate:
 
         threading.Thread(target=work, name="admitted-request", daemon=True).start()
         if not finished.wait(max(deadline - time.monotonic(), 0)):
-            log.warning("request %s %s ran past its %g s deadline: answered 504, still running",
-                        environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"), self.config.deadline_s)
+            log.warning(
+                "request %s %s ran past its %g s deadline: answered 504, still running",
+                environ.get("REQUEST_METHOD"),
+                environ.get("PATH_INFO"),
+                self.config.deadline_s,
+            )
             refusal = RefusedError(
-                504, f"the request ran past its deadline of {self.config.deadline_s:g} s and was abandoned "
-                "(its work still holds a slot until it ends)"
+                504,
+                f"the request ran past its deadline of {self.config.deadline_s:g} s and was abandoned "
+                "(its work still holds a slot until it ends)",
             )
             return self._refuse(refusal, environ, start_response)
         if "error" in outcome:

@@ -158,8 +158,9 @@ class Batcher:
             self._run_one(batch[0])
             return
         sizes = [job.size for job in batch]
-        log.info("batch of %d requests (%d instances) in one %s call", len(batch), sum(sizes),
-                 batch[0].signature)
+        log.info(
+            "batch of %d requests (%d instances) in one %s call", len(batch), sum(sizes), batch[0].signature
+        )
         merged = {name: np.concatenate([job.inputs[name] for job in batch]) for name in batch[0].inputs}
         try:
             outputs = self._run(batch[0].signature, merged)

@@ -57,6 +57,12 @@ PRODUCTION_VARIANT = "AllTraffic"
 Handler = Callable[[Any, Context], tuple[bytes, str]]
 
 
+class Headers(Protocol):
+    """Request headers looked up case-insensitively (werkzeug's, or a plain dict in tests)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+
 class Health(Protocol):
     """What /ping needs to know about the model server."""
 
@@ -139,7 +145,7 @@ class Container:
         self.rest_port = rest_port
         self.default_model_name = default_model_name
 
-    def context(self, headers: Mapping[str, str], content_length: int | None) -> Context:
+    def context(self, headers: Headers, content_length: int | None) -> Context:
         """The container's Context for a request's headers (a case-insensitive mapping)."""
         header = headers.get(CUSTOM_ATTRIBUTES_HEADER)
         attributes = parse_tfs_attributes(header)
@@ -156,7 +162,7 @@ class Container:
             content_length,
         )
 
-    def invoke(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes, str]:
+    def invoke(self, body: bytes, headers: Headers) -> tuple[int, bytes, str]:
         """Run the handlers: ``(status, body, content type)``; errors as ``{"error": message}``."""
         context = self.context(headers, len(body))
         try:

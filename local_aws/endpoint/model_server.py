@@ -129,8 +129,14 @@ class ModelServer:
         if self._batching.enabled:
             self._batcher = Batcher(model.run, self._batching)
         self._model = model
-        log.info("model %s version %d loaded from %s (signatures: %s; %s)", name, version, folder,
-                 ", ".join(sorted(model.signatures)), self._batching)
+        log.info(
+            "model %s version %d loaded from %s (signatures: %s; %s)",
+            name,
+            version,
+            folder,
+            ", ".join(sorted(model.signatures)),
+            self._batching,
+        )
 
     def close(self) -> None:
         """Stop the batcher thread (in-flight requests finish first)."""
@@ -147,11 +153,7 @@ class ModelServer:
     def _require(self, name: str, version: str | None, label: str | None) -> LoadedModel:
         if label:
             raise WireError(f"Unrecognized servable version label: {label}", 404)
-        if (
-            self._model is None
-            or name != self.name
-            or (version is not None and int(version) != self.version)
-        ):
+        if self._model is None or name != self.name or (version is not None and int(version) != self.version):
             request = f"Specific({name}, {int(version)})" if version is not None else f"Latest({name})"
             raise WireError(f"Servable not found for request: {request}", 404)
         return self._model
@@ -197,8 +199,11 @@ class ModelServer:
             state, code, message = "LOADING", "OK", ""
         return {
             "model_version_status": [
-                {"version": str(self.version), "state": state,
-                 "status": {"error_code": code, "error_message": message}}
+                {
+                    "version": str(self.version),
+                    "state": state,
+                    "status": {"error_code": code, "error_message": message},
+                }
             ]
         }
 
@@ -240,7 +245,7 @@ def tfs_blueprint(server: ModelServer, prefix: str = "") -> flask.Blueprint:
     @blueprint.route("/v1/models", methods=["GET", "POST"])
     @blueprint.route("/v1/models/<path:_rest>", methods=["GET", "POST"])
     def rest(_rest: str = "") -> flask.Response:
-        path = flask.request.path[len(prefix):]
+        path = flask.request.path[len(prefix) :]
         status, body = server.handle(flask.request.method, path, flask.request.get_data())
         return flask.Response(body, status=status, content_type="application/json")
 

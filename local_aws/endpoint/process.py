@@ -94,13 +94,22 @@ def start_endpoint(
     :func:`stop_endpoint`). Raises EndpointStartError, quoting the log, if the process exits,
     ``/ping`` reports a model that cannot load, or ``timeout_s`` passes; the process is stopped then.
     """
-    command = [sys.executable, "-m", "local_aws.endpoint.server", "--model", str(model), "--port", str(port),
-               *serve_args]
+    command = [
+        sys.executable,
+        "-m",
+        "local_aws.endpoint.server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        *serve_args,
+    ]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=environment, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:

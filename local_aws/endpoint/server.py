@@ -152,8 +152,12 @@ class RequestLog:
             if hasattr(iterable, "close"):
                 iterable.close()
         self.log.info(
-            '%s "%s %s" %s %dB in %.1f ms', environ.get("REMOTE_ADDR", "-"), environ["REQUEST_METHOD"],
-            environ.get("PATH_INFO", ""), seen[0].split()[0] if seen else "-", sum(map(len, body)),
+            '%s "%s %s" %s %dB in %.1f ms',
+            environ.get("REMOTE_ADDR", "-"),
+            environ["REQUEST_METHOD"],
+            environ.get("PATH_INFO", ""),
+            seen[0].split()[0] if seen else "-",
+            sum(map(len, body)),
             (time.perf_counter() - started) * 1000,
         )
         return body
@@ -200,8 +204,12 @@ class EndpointState:
             self.model_server.error = f"{self.config.model}: cannot serve the model: {err}"
             log.error(self.model_server.error)
             return
-        log.info("ready in %.1f s: handlers from %s, TF Serving REST on 127.0.0.1:%d",
-                 time.perf_counter() - started, handlers.source, self.rest_port)
+        log.info(
+            "ready in %.1f s: handlers from %s, TF Serving REST on 127.0.0.1:%d",
+            time.perf_counter() - started,
+            handlers.source,
+            self.rest_port,
+        )
 
     def close(self) -> None:
         """Stop the private TF Serving port and the batcher; remove an extracted model.tar.gz."""
@@ -291,40 +299,70 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a SavedModel (folder or model.tar.gz) like the SageMaker TF Serving container, "
         "TF Serving's REST API and SageMaker Runtime's InvokeEndpoint.",
     )
-    parser.add_argument("--model", required=True,
-                        help="SavedModel folder, model_dir holding unet/<version>/, or model.tar.gz "
-                        "(code/inference.py in it is used when present)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="SavedModel folder, model_dir holding unet/<version>/, or model.tar.gz "
+        "(code/inference.py in it is used when present)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)")
-    parser.add_argument("--workers", type=_positive, help="gunicorn workers, each with its own model "
-                        "(default $SAGEMAKER_GUNICORN_WORKERS or 1)")
-    parser.add_argument("--threads", type=_positive, help="threads per worker (default "
-                        "$SAGEMAKER_GUNICORN_THREADS or max-inflight + max-queue + 2)")
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        help="gunicorn workers, each with its own model (default $SAGEMAKER_GUNICORN_WORKERS or 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive,
+        help="threads per worker (default $SAGEMAKER_GUNICORN_THREADS or max-inflight + max-queue + 2)",
+    )
     defaults = AdmissionConfig()
     for flag, name, kind, what in (
         ("--max-inflight", "max_inflight", _positive, "requests running at once per worker; more wait"),
         ("--max-queue", "max_queue", _non_negative, "requests waiting per worker; beyond, 503 + Retry-After"),
-        ("--deadline", "deadline_s", _positive_seconds,
-         "seconds a request may wait and run: 503 if still waiting, 504 if still running"),
+        (
+            "--deadline",
+            "deadline_s",
+            _positive_seconds,
+            "seconds a request may wait and run: 503 if still waiting, 504 if still running",
+        ),
     ):
         default = f"${AdmissionConfig.ENV[name]} or {getattr(defaults, name):g}"
         parser.add_argument(flag, type=kind, help=f"{what} (default {default})")
-    parser.add_argument("--max-request-bytes", type=_positive,
-                        help="larger bodies get 413 "
-                        f"(default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})")
-    parser.add_argument("--endpoint-name", help="the only name /endpoints/<name>/invocations accepts "
-                        "(default: any name)")
-    parser.add_argument("--model-name",
-                        help="TF Serving model name (default: the folder above the version, unet)")
-    parser.add_argument("--batching", action=argparse.BooleanOptionalAction, default=None,
-                        help="server-side batching (default $SAGEMAKER_TFS_ENABLE_BATCHING or off)")
-    parser.add_argument("--max-batch-size", type=_positive,
-                        help="instances per batch (default $SAGEMAKER_TFS_MAX_BATCH_SIZE or 8)")
-    parser.add_argument("--batch-timeout-micros", type=int,
-                        help="how long a batch waits for more requests (default "
-                        "$SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS or 1000)")
-    parser.add_argument("--graceful-timeout", type=_positive, default=30,
-                        help="seconds in-flight requests get to finish after SIGTERM (default 30)")
+    parser.add_argument(
+        "--max-request-bytes",
+        type=_positive,
+        help=f"larger bodies get 413 (default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})",
+    )
+    parser.add_argument(
+        "--endpoint-name", help="the only name /endpoints/<name>/invocations accepts (default: any name)"
+    )
+    parser.add_argument(
+        "--model-name", help="TF Serving model name (default: the folder above the version, unet)"
+    )
+    parser.add_argument(
+        "--batching",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="server-side batching (default $SAGEMAKER_TFS_ENABLE_BATCHING or off)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=_positive,
+        help="instances per batch (default $SAGEMAKER_TFS_MAX_BATCH_SIZE or 8)",
+    )
+    parser.add_argument(
+        "--batch-timeout-micros",
+        type=int,
+        help="how long a batch waits for more requests (default $SAGEMAKER_TFS_BATCH_TIMEOUT_MICROS or 1000)",
+    )
+    parser.add_argument(
+        "--graceful-timeout",
+        type=_positive,
+        default=30,
+        help="seconds in-flight requests get to finish after SIGTERM (default 30)",
+    )
     return parser
 
 
@@ -337,14 +375,27 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     if not config.model.exists():
-        parser.error(f"--model {config.model}: no such file or directory (expected a SavedModel folder, "
-                     "a model_dir holding unet/<version>/, or model.tar.gz)")
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+        parser.error(
+            f"--model {config.model}: no such file or directory (expected a SavedModel folder, "
+            "a model_dir holding unet/<version>/, or model.tar.gz)"
+        )
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s",
+    )
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    log.info("serving %s on http://%s:%d (%d worker(s) x %d threads, limit %d bytes, %s, %s)",
-             config.model, config.host, config.port, config.workers, config.gunicorn_threads,
-             config.max_request_bytes, config.batching, config.admission)
+    log.info(
+        "serving %s on http://%s:%d (%d worker(s) x %d threads, limit %d bytes, %s, %s)",
+        config.model,
+        config.host,
+        config.port,
+        config.workers,
+        config.gunicorn_threads,
+        config.max_request_bytes,
+        config.batching,
+        config.admission,
+    )
     GunicornServer(config).run()
     return 0
 

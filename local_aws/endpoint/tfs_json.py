@@ -283,8 +283,10 @@ def format_predict_response(outputs: Mapping[str, np.ndarray], row_format: bool)
     single = len(outputs) == 1
     if not row_format:
         parts = {name: tensor_json(t, name.endswith(BYTES_SUFFIX)) for name, t in outputs.items()}
-        inner = next(iter(parts.values())) if single else (
-            "{" + ",".join(f"{json.dumps(n)}: {v}" for n, v in parts.items()) + "}"
+        inner = (
+            next(iter(parts.values()))
+            if single
+            else ("{" + ",".join(f"{json.dumps(n)}: {v}" for n, v in parts.items()) + "}")
         )
         return ('{"outputs": ' + inner + "}").encode("utf-8")
     batch = None

@@ -80,6 +80,7 @@ def failure_reason(layout: JobLayout, returncode: int, tail: list[str]) -> str:
         return failure_file.read_text().strip()
     return f"ExecuteUserScriptError: exit code {returncode}\n" + "\n".join(tail)
 
+
 def _describe(
     spec: JobSpec,
     layout: JobLayout,
@@ -136,6 +137,7 @@ def _describe(
         hyperparameters=dict(spec.hyperparameters),
         failure_reason=failure,
     )
+
 
 def load_result(job_dir: str | Path) -> JobResult:
     """A finished local job's result read back from its description.json (e.g. for deploy)."""

@@ -154,12 +154,18 @@ def summarise(samples: list[Sample], job_name: str, interval_ms: int, metrics: P
         "duration_s": samples[-1].elapsed_s,
         "cpu": {
             "cores": cores,
-            "percent_of_one_core": {"mean": round(sum(cpu) / len(cpu), 1), "p50": _percentile(cpu, 0.5),
-                                    "p95": _percentile(cpu, 0.95), "max": max(cpu)},
+            "percent_of_one_core": {
+                "mean": round(sum(cpu) / len(cpu), 1),
+                "p50": _percentile(cpu, 0.5),
+                "p95": _percentile(cpu, 0.95),
+                "max": max(cpu),
+            },
             "mean_utilisation_of_all_cores_percent": round(sum(cpu) / len(cpu) / cores, 1),
         },
-        "memory": {"max_rss_mb": max(s.rss_mb for s in samples),
-                   "max_system_used_percent": max(s.system_memory_used_percent for s in samples)},
+        "memory": {
+            "max_rss_mb": max(s.rss_mb for s in samples),
+            "max_system_used_percent": max(s.system_memory_used_percent for s in samples),
+        },
         "io": {"read_mb": samples[-1].read_mb, "write_mb": samples[-1].write_mb},
         "gpu": "not sampled locally",
         "system_metrics": str(metrics),

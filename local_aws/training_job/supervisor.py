@@ -93,8 +93,11 @@ def supervise(
 
         def on_max_run() -> None:
             outcome.timed_out = True
-            print(f"[{name}] MaxRuntimeInSeconds ({max_run_s}) reached: sending SIGTERM",
-                  file=stream, flush=True)
+            print(
+                f"[{name}] MaxRuntimeInSeconds ({max_run_s}) reached: sending SIGTERM",
+                file=stream,
+                flush=True,
+            )
             send_sigterm(process)
 
         # SageMaker stops a job that outlives max_run the same way (SIGTERM, then the grace period).
@@ -108,8 +111,11 @@ def supervise(
                 consume(line)
         except KeyboardInterrupt:
             outcome.interrupted = outcome.stopped = True
-            print(f"[{name}] interrupted: sending SIGTERM, waiting up to {STOP_GRACE_S} s",
-                  file=stream, flush=True)
+            print(
+                f"[{name}] interrupted: sending SIGTERM, waiting up to {STOP_GRACE_S} s",
+                file=stream,
+                flush=True,
+            )
             send_sigterm(process)
             for line in lines:
                 consume(line)

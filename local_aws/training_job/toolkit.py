@@ -82,6 +82,8 @@ class JobLayout:
     @property
     def description(self) -> Path:
         return self.root / "description.json"
+
+
 def encode_hyperparameters(hyperparameters: Mapping[str, HyperValue]) -> dict[str, str]:
     """Each value as a JSON string, as the SageMaker SDK sends them (``"8"``, ``"\\"256x384\\""``)."""
     return {str(key): json.dumps(value) for key, value in hyperparameters.items()}
@@ -116,6 +118,7 @@ def count_gpus() -> int:
     except (OSError, subprocess.CalledProcessError):
         return 0
     return sum(line.startswith("GPU ") for line in listing.stdout.splitlines())
+
 
 def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
     """Create the job folder, stage the code, link the channels and write the config files.
@@ -185,6 +188,7 @@ def prepare_job(spec: JobSpec, work: str | Path) -> JobLayout:
     )
     write_json(layout.input_config / "resourceconfig.json", _resource_config(), default=str)
     return layout
+
 
 def _resource_config() -> dict[str, object]:
     return {

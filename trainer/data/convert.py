@@ -387,8 +387,11 @@ def _command(args: argparse.Namespace) -> int:
         problems = verify(config.out)
         for name, problem in problems:
             print(f"{name}: {problem}")
-        print(f"carvana convert: verify: {len(problems)} bad shard(s)" if problems else
-              "carvana convert: verify: all shards OK")
+        print(
+            f"carvana convert: verify: {len(problems)} bad shard(s)"
+            if problems
+            else "carvana convert: verify: all shards OK"
+        )
         return 1 if problems else 0
     if args.data is None:
         raise UsageError("--data is required (except with --verify)")

@@ -88,8 +88,9 @@ def _write_car(task: tuple[CarSpec, int, int, Path]) -> list[tuple[str, str]]:
 def _write_csv(path: Path, header: list[str], rows: list, *, quote_all: bool = False) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         # Kaggle quotes metadata.csv fully.
-        writer = csv.writer(handle, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL,
-                            lineterminator="\n")
+        writer = csv.writer(
+            handle, quoting=csv.QUOTE_ALL if quote_all else csv.QUOTE_MINIMAL, lineterminator="\n"
+        )
         writer.writerow(header)
         writer.writerows(rows)
 

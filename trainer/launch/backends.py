@@ -82,14 +82,23 @@ class LocalBackend:
         log_path = Path(self.work) / "endpoints" / f"{spec.endpoint_name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            process = start_endpoint(model.resolve(), "--endpoint-name", spec.endpoint_name, port=self.port,
-                                     log_path=log_path, env=dict(spec.environment))
+            process = start_endpoint(
+                model.resolve(),
+                "--endpoint-name",
+                spec.endpoint_name,
+                port=self.port,
+                log_path=log_path,
+                env=dict(spec.environment),
+            )
         except EndpointStartError as err:
             raise JobFailedError(str(err)) from None
         self._endpoints[spec.endpoint_name] = process
-        return DeployResult(endpoint_name=spec.endpoint_name, model_data=str(spec.model_data),
-                            url=f"http://127.0.0.1:{self.port}",
-                            command=tuple(serve_command(spec, self.port)))
+        return DeployResult(
+            endpoint_name=spec.endpoint_name,
+            model_data=str(spec.model_data),
+            url=f"http://127.0.0.1:{self.port}",
+            command=tuple(serve_command(spec, self.port)),
+        )
 
     def wait_endpoint(self, endpoint_name: str) -> int:
         """Block until the endpoint's server exits (the CLI's foreground mode); its exit code."""
@@ -109,12 +118,28 @@ class LocalBackend:
 
 def serve_command(spec: DeploySpec, port: int) -> list[str]:
     """``carvana serve`` for the deployment, as ``carvana deploy --print-only`` shows it."""
-    return [sys.executable, "-m", "trainer.cli", "serve", "--model", str(Path(spec.model_data).resolve()),
-            "--port", str(port), "--endpoint-name", spec.endpoint_name]
+    return [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "serve",
+        "--model",
+        str(Path(spec.model_data).resolve()),
+        "--port",
+        str(port),
+        "--endpoint-name",
+        spec.endpoint_name,
+    ]
 
 
-def make_backend(name: str, *, work: Path = DEFAULT_WORK, settings: SageMakerSettings | None = None,
-                 stream: TextIO | None = None, port: int = DEFAULT_PORT) -> Backend:
+def make_backend(
+    name: str,
+    *,
+    work: Path = DEFAULT_WORK,
+    settings: SageMakerSettings | None = None,
+    stream: TextIO | None = None,
+    port: int = DEFAULT_PORT,
+) -> Backend:
     """``"local"`` or ``"sagemaker"`` (which needs ``settings``: role, bucket, region)."""
     if name == "local":
         return LocalBackend(work=Path(work), stream=stream, port=port)

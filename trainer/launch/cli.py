@@ -110,25 +110,46 @@ def hp_values(items: list[str] | None) -> dict[str, HyperValue]:
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKENDS, default="local",
-                        help="run here in a SageMaker-shaped folder, or on SageMaker")
-    parser.add_argument("--work", type=Path, default=DEFAULT_WORK,
-                        help="local backend: folder holding <job-name>/ folders")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="local",
+        help="run here in a SageMaker-shaped folder, or on SageMaker",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=DEFAULT_WORK, help="local backend: folder holding <job-name>/ folders"
+    )
     aws = parser.add_argument_group("SageMaker backend")
     aws.add_argument("--role", help="execution role ARN (default $SAGEMAKER_ROLE)")
     aws.add_argument("--bucket", help="S3 bucket for code, outputs, checkpoints (default $CARVANA_BUCKET)")
     aws.add_argument("--prefix", default="carvana-unet", help="key prefix inside the bucket")
     aws.add_argument("--region", help="AWS region (default: the AWS configuration)")
-    aws.add_argument("--profiler-interval-ms", type=int, default=500,
-                     choices=(100, 200, 500, 1000, 5000, 60000),
-                     help="system monitoring interval (CPU, GPU, memory, I/O)")
-    aws.add_argument("--profiler", action=argparse.BooleanOptionalAction, default=True,
-                     help="SageMaker Profiler system monitoring (off: disable_profiler=True, no rules)")
-    aws.add_argument("--profiler-rules", action=argparse.BooleanOptionalAction, default=True,
-                     help="ProfilerReport and the system-metric profiler rules (processing jobs AWS runs "
-                     "beside the training job)")
-    aws.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
-                     help="wait for the job or endpoint (streaming training logs)")
+    aws.add_argument(
+        "--profiler-interval-ms",
+        type=int,
+        default=500,
+        choices=(100, 200, 500, 1000, 5000, 60000),
+        help="system monitoring interval (CPU, GPU, memory, I/O)",
+    )
+    aws.add_argument(
+        "--profiler",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="SageMaker Profiler system monitoring (off: disable_profiler=True, no rules)",
+    )
+    aws.add_argument(
+        "--profiler-rules",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ProfilerReport and the system-metric profiler rules (processing jobs AWS runs "
+        "beside the training job)",
+    )
+    aws.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait for the job or endpoint (streaming training logs)",
+    )
 
 
 def _add_job_options(parser: argparse.ArgumentParser) -> None:
@@ -138,10 +159,20 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--validation", help="validation channel (default DATA/validation)")
     hps = parser.add_argument_group("hyperparameters (default: the entry point's)")
     for d in LAUNCHER_HYPERPARAMETERS:
-        hps.add_argument(f"--{d.flag}", dest=d.name, type=d.parse, choices=d.choices, metavar=d.metavar,
-                         help=f"{d.help}; carvana train's default {d.text(d.default)}")
-    hps.add_argument("--hp", action="append", metavar="NAME=VALUE",
-                     help="any other flag of carvana train, e.g. --hp depth=3 --hp max-minutes=50")
+        hps.add_argument(
+            f"--{d.flag}",
+            dest=d.name,
+            type=d.parse,
+            choices=d.choices,
+            metavar=d.metavar,
+            help=f"{d.help}; carvana train's default {d.text(d.default)}",
+        )
+    hps.add_argument(
+        "--hp",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any other flag of carvana train, e.g. --hp depth=3 --hp max-minutes=50",
+    )
     job = parser.add_argument_group("job")
     job.add_argument("--job-name", help="default: carvana-unet-<timestamp> (carvana-tune-... for tune)")
     job.add_argument("--instance-type", default=DEFAULT_TRAINING_INSTANCE)
@@ -156,23 +187,37 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(command: str) -> argparse.ArgumentParser:
     """The parser of one of fit, tune, deploy."""
-    parser = argparse.ArgumentParser(prog=f"carvana {command}", description=__doc__.split("\n\n")[0],
-                                     formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=f"carvana {command}", description=__doc__.split("\n\n")[0], formatter_class=_HelpFormatter
+    )
     _add_backend_options(parser)
     if command in ("fit", "tune"):
         _add_job_options(parser)
     if command == "tune":
         tune = parser.add_argument_group("tuning (objective: val_dice, maximised)")
-        tune.add_argument("--max-jobs", type=int, default=8, help="trials in all (a resumed study counts "
-                          "the ones already finished)")
-        tune.add_argument("--max-parallel-jobs", type=int, default=2, help="SageMaker only; local runs "
-                          "one trial at a time")
+        tune.add_argument(
+            "--max-jobs",
+            type=int,
+            default=8,
+            help="trials in all (a resumed study counts the ones already finished)",
+        )
+        tune.add_argument(
+            "--max-parallel-jobs", type=int, default=2, help="SageMaker only; local runs one trial at a time"
+        )
         default_ranges = " ".join(_describe_range(r) for r in SEARCH_SPACE)
-        tune.add_argument("--range", action="append", metavar="NAME=LOW:HIGH|A,B,C",
-                          help=f"replace or add a range; default {default_ranges}. A hyperparameter "
-                          "set with a flag above is fixed and not tuned")
-        tune.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=True,
-                          help="stop trials worse than the median (SageMaker Auto, Optuna median pruner)")
+        tune.add_argument(
+            "--range",
+            action="append",
+            metavar="NAME=LOW:HIGH|A,B,C",
+            help=f"replace or add a range; default {default_ranges}. A hyperparameter "
+            "set with a flag above is fixed and not tuned",
+        )
+        tune.add_argument(
+            "--early-stopping",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="stop trials worse than the median (SageMaker Auto, Optuna median pruner)",
+        )
         tune.add_argument("--seed", type=int, default=0, help="search seed")
     if command == "deploy":
         model = parser.add_argument_group("model (one of)")
@@ -180,20 +225,31 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         model.add_argument("--job-name", help="a completed training job whose model.tar.gz to deploy")
         ep = parser.add_argument_group("endpoint")
         ep.add_argument("--endpoint-name", help="default carvana-unet-<timestamp>")
-        ep.add_argument("--instance-type", default=DEFAULT_ENDPOINT_INSTANCE,
-                        help="real-time endpoint instance (ml.g4dn.xlarge for a GPU)")
+        ep.add_argument(
+            "--instance-type",
+            default=DEFAULT_ENDPOINT_INSTANCE,
+            help="real-time endpoint instance (ml.g4dn.xlarge for a GPU)",
+        )
         ep.add_argument("--instance-count", type=int, default=1)
-        ep.add_argument("--serverless", action="store_true",
-                        help="serverless endpoint (CPU, pay per request)")
+        ep.add_argument(
+            "--serverless", action="store_true", help="serverless endpoint (CPU, pay per request)"
+        )
         ep.add_argument("--memory-mb", type=int, default=4096, help="serverless memory: 1024..6144")
         ep.add_argument("--max-concurrency", type=int, default=5, help="serverless concurrent invocations")
-        ep.add_argument("--env", action="append", metavar="KEY=VALUE",
-                        help="container environment, e.g. SAGEMAKER_TFS_ENABLE_BATCHING=true")
+        ep.add_argument(
+            "--env",
+            action="append",
+            metavar="KEY=VALUE",
+            help="container environment, e.g. SAGEMAKER_TFS_ENABLE_BATCHING=true",
+        )
         ep.add_argument("--tag", action="append", metavar="KEY=VALUE")
         ep.add_argument("--delete", metavar="ENDPOINT", help="delete this endpoint, its config and model")
         ep.add_argument("--port", type=int, default=DEFAULT_PORT, help="local endpoint port")
-        ep.add_argument("--print-only", action="store_true",
-                        help="local: print the carvana serve command instead of running it")
+        ep.add_argument(
+            "--print-only",
+            action="store_true",
+            help="local: print the carvana serve command instead of running it",
+        )
     return parser
 
 
@@ -208,10 +264,12 @@ def job_spec_from_args(args: argparse.Namespace, default_name: str) -> JobSpec:
     train = args.train or (f"{args.data.rstrip('/')}/train" if args.data else None)
     validation = args.validation or (f"{args.data.rstrip('/')}/validation" if args.data else None)
     if not train or not validation:
-        raise LaunchError("--data (holding train/ and validation/) or both --train and --validation "
-                          "are required")
+        raise LaunchError(
+            "--data (holding train/ and validation/) or both --train and --validation are required"
+        )
     hyperparameters: dict[str, HyperValue] = {
-        d.flag: hyperparameter_value(d, getattr(args, d.name)) for d in LAUNCHER_HYPERPARAMETERS
+        d.flag: hyperparameter_value(d, getattr(args, d.name))
+        for d in LAUNCHER_HYPERPARAMETERS
         if getattr(args, d.name) is not None
     }
     hyperparameters.update(hp_values(args.hp))
@@ -239,9 +297,14 @@ def tuning_spec_from_args(args: argparse.Namespace) -> TuningSpec:
         ranges[space.name] = space
     for fixed in job.hyperparameters:
         ranges.pop(fixed, None)
-    return TuningSpec(job=job, ranges=tuple(ranges.values()), max_jobs=args.max_jobs,
-                      max_parallel_jobs=args.max_parallel_jobs, early_stopping=args.early_stopping,
-                      seed=args.seed)
+    return TuningSpec(
+        job=job,
+        ranges=tuple(ranges.values()),
+        max_jobs=args.max_jobs,
+        max_parallel_jobs=args.max_parallel_jobs,
+        early_stopping=args.early_stopping,
+        seed=args.seed,
+    )
 
 
 def _settings(args: argparse.Namespace):  # -> SageMakerSettings, imported only for that backend
@@ -319,9 +382,11 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
     if args.backend == "local":
         return _deploy_locally(spec, args, backend)
     result = backend.deploy(spec)
-    print(f"endpoint {result.endpoint_name} ({'serverless' if spec.serverless else spec.instance_type})\n"
-          f"  model {result.model_name}: {result.model_data}\n  image: {result.image_uri}\n"
-          f"  delete it when done: carvana deploy --backend sagemaker --delete {result.endpoint_name}")
+    print(
+        f"endpoint {result.endpoint_name} ({'serverless' if spec.serverless else spec.instance_type})\n"
+        f"  model {result.model_name}: {result.model_data}\n  image: {result.image_uri}\n"
+        f"  delete it when done: carvana deploy --backend sagemaker --delete {result.endpoint_name}"
+    )
     return 0
 
 
@@ -330,8 +395,10 @@ def _job_model(backend: Backend, job_name: str) -> str:
     result = backend.describe_job(job_name)
     model = result.deployable_model()
     if result.model_partial:
-        print(f"note: job {job_name} was {result.status.lower()} before it finished: its model is PARTIAL "
-              "(the best epoch's weights when it stopped; see assets.extra/training-metadata.json)")
+        print(
+            f"note: job {job_name} was {result.status.lower()} before it finished: its model is PARTIAL "
+            "(the best epoch's weights when it stopped; see assets.extra/training-metadata.json)"
+        )
     return model
 
 
@@ -348,8 +415,11 @@ def _deploy_locally(spec: DeploySpec, args: argparse.Namespace, backend: Backend
     if not isinstance(backend, LocalBackend):
         raise TypeError("local deploy needs the local backend")
     result = backend.deploy(spec)
-    print(f"endpoint {result.endpoint_name} serving {result.model_data} at {result.url} "
-          f"(POST {result.url}/invocations); Ctrl-C stops it", flush=True)
+    print(
+        f"endpoint {result.endpoint_name} serving {result.model_data} at {result.url} "
+        f"(POST {result.url}/invocations); Ctrl-C stops it",
+        flush=True,
+    )
     try:
         backend.wait_endpoint(spec.endpoint_name)
     finally:
@@ -366,8 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     command = argv[0]
 
     def body(args: argparse.Namespace) -> int:
-        backend = make_backend(args.backend, work=args.work, settings=_settings(args),
-                               port=getattr(args, "port", DEFAULT_PORT))
+        backend = make_backend(
+            args.backend, work=args.work, settings=_settings(args), port=getattr(args, "port", DEFAULT_PORT)
+        )
         return {"fit": run_fit, "tune": run_tune, "deploy": run_deploy}[command](args, backend)
 
     return run_command(build_parser(command), body, argv[1:])

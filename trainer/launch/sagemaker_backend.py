@@ -50,8 +50,16 @@ SDK_CONFIG = {"SchemaVersion": "1.0", "SageMaker": {"PythonSDK": {"Modules": {"T
 # 2.19 image: framework profiling is deprecated from TF 2.11 and the image ships no smdebug (README,
 # "Debugger and Profiler"). ProfilerReport runs them all again and renders profiler-report.html;
 # each rule is a processing job of AWS's rule image (sagemaker-debugger-rules) beside the training.
-SYSTEM_PROFILER_RULES = ("ProfilerReport", "BatchSize", "CPUBottleneck", "GPUMemoryIncrease", "IOBottleneck",
-                         "LoadBalancing", "LowGPUUtilization", "OverallSystemUsage")
+SYSTEM_PROFILER_RULES = (
+    "ProfilerReport",
+    "BatchSize",
+    "CPUBottleneck",
+    "GPUMemoryIncrease",
+    "IOBottleneck",
+    "LoadBalancing",
+    "LowGPUUtilization",
+    "OverallSystemUsage",
+)
 
 
 @dataclass(frozen=True)
@@ -76,14 +84,25 @@ class SageMakerSettings:
         role = args.role or env.get("SAGEMAKER_ROLE", "")
         bucket = args.bucket or env.get("CARVANA_BUCKET", "")
         if not role.startswith("arn:"):
-            raise LaunchError("--role: the SageMaker execution role ARN (arn:aws:iam::<account>:role/<name>) "
-                              "is required for --backend sagemaker, or set SAGEMAKER_ROLE")
+            raise LaunchError(
+                "--role: the SageMaker execution role ARN (arn:aws:iam::<account>:role/<name>) "
+                "is required for --backend sagemaker, or set SAGEMAKER_ROLE"
+            )
         if not bucket or bucket.startswith("s3://"):
-            raise LaunchError("--bucket: an S3 bucket name (no s3://) is required for --backend sagemaker, "
-                              "or set CARVANA_BUCKET")
-        return cls(role=role, bucket=bucket, prefix=args.prefix.strip("/"), region=args.region,
-                   profiler_interval_ms=args.profiler_interval_ms, profiler=args.profiler,
-                   profiler_rules=args.profiler_rules and args.profiler, wait=args.wait)
+            raise LaunchError(
+                "--bucket: an S3 bucket name (no s3://) is required for --backend sagemaker, "
+                "or set CARVANA_BUCKET"
+            )
+        return cls(
+            role=role,
+            bucket=bucket,
+            prefix=args.prefix.strip("/"),
+            region=args.region,
+            profiler_interval_ms=args.profiler_interval_ms,
+            profiler=args.profiler,
+            profiler_rules=args.profiler_rules and args.profiler,
+            wait=args.wait,
+        )
 
     def s3(self, *parts: str) -> str:
         """``s3://<bucket>/<prefix>/<parts...>``."""
@@ -115,8 +134,9 @@ def stage_inference_code(dest: str | Path) -> Path:
 def make_session(settings: SageMakerSettings, boto_session: boto3.Session | None = None) -> sagemaker.Session:
     """A SageMaker session on ``settings.bucket`` (never the SDK's generated default bucket)."""
     boto_session = boto_session or boto3.Session(region_name=settings.region)
-    return sagemaker.Session(boto_session=boto_session, default_bucket=settings.bucket,
-                             sagemaker_config=SDK_CONFIG)
+    return sagemaker.Session(
+        boto_session=boto_session, default_bucket=settings.bucket, sagemaker_config=SDK_CONFIG
+    )
 
 
 def _tags(tags: Mapping[str, str]) -> list[dict[str, str]]:
@@ -136,9 +156,11 @@ def execution_role(session: sagemaker.Session, explicit: str = "") -> str:
     try:
         return sagemaker.get_execution_role(sagemaker_session=session)
     except ValueError as err:
-        raise LaunchError(f"no SageMaker execution role: {err}. On a SageMaker notebook the role is found "
-                          "by itself; elsewhere set SAGEMAKER_ROLE=arn:aws:iam::<account>:role/<name> (or "
-                          "--role)") from None
+        raise LaunchError(
+            f"no SageMaker execution role: {err}. On a SageMaker notebook the role is found "
+            "by itself; elsewhere set SAGEMAKER_ROLE=arn:aws:iam::<account>:role/<name> (or "
+            "--role)"
+        ) from None
 
 
 def profiler_rules() -> list[ProfilerRule]:
@@ -156,8 +178,10 @@ def _profiling(settings: SageMakerSettings) -> dict[str, object]:
     if not settings.profiler:
         return {"disable_profiler": True, "debugger_hook_config": False}
     return {
-        "profiler_config": ProfilerConfig(s3_output_path=settings.s3("profiler"),
-                                          system_monitor_interval_millis=settings.profiler_interval_ms),
+        "profiler_config": ProfilerConfig(
+            s3_output_path=settings.s3("profiler"),
+            system_monitor_interval_millis=settings.profiler_interval_ms,
+        ),
         "rules": profiler_rules() if settings.profiler_rules else None,
         "debugger_hook_config": False,
     }
@@ -167,13 +191,21 @@ def training_inputs(spec: JobSpec) -> dict[str, TrainingInput]:
     """FastFile: TFRecord shards are streamed from S3 as files, no copy before the job starts."""
     for channel, uri in spec.channels.items():
         if not uri.startswith("s3://"):
-            raise LaunchError(f"channel {channel}: SageMaker reads s3:// prefixes, got {uri} "
-                              "(upload it first: carvana convert --out s3://bucket/prefix)")
+            raise LaunchError(
+                f"channel {channel}: SageMaker reads s3:// prefixes, got {uri} "
+                "(upload it first: carvana convert --out s3://bucket/prefix)"
+            )
     return {channel: TrainingInput(uri, input_mode="FastFile") for channel, uri in spec.channels.items()}
 
 
-def build_estimator(spec: JobSpec, settings: SageMakerSettings, session: sagemaker.Session,
-                    source_dir: Path, *, checkpoints: bool = True) -> TensorFlow:
+def build_estimator(
+    spec: JobSpec,
+    settings: SageMakerSettings,
+    session: sagemaker.Session,
+    source_dir: Path,
+    *,
+    checkpoints: bool = True,
+) -> TensorFlow:
     """The TF 2.19 script-mode estimator for ``spec`` (source staged in ``source_dir``)."""
     checkpoint_uri = spec.checkpoint_uri or settings.s3("checkpoints", spec.job_name) + "/"
     return TensorFlow(
@@ -195,7 +227,8 @@ def build_estimator(spec: JobSpec, settings: SageMakerSettings, session: sagemak
         code_location=settings.s3("code"),
         checkpoint_s3_uri=checkpoint_uri if checkpoints else None,
         tensorboard_output_config=TensorBoardOutputConfig(
-            s3_output_path=settings.s3("tensorboard"), container_local_output_path=CONTAINER_TENSORBOARD_DIR),
+            s3_output_path=settings.s3("tensorboard"), container_local_output_path=CONTAINER_TENSORBOARD_DIR
+        ),
         **_profiling(settings),  # system monitoring and profiler rules; no smdebug hook
         # The entry point writes the SavedModel to SM_MODEL_DIR; an s3:// --model_dir is of no use to it.
         model_dir=False,
@@ -211,8 +244,9 @@ def fit(spec: JobSpec, settings: SageMakerSettings, *, session: sagemaker.Sessio
     inputs = training_inputs(spec)
     with tempfile.TemporaryDirectory(prefix="carvana-source-") as tmp:
         estimator = build_estimator(spec, settings, session, stage_training_source(Path(tmp) / "source"))
-        estimator.fit(inputs=inputs, job_name=spec.job_name, wait=settings.wait,
-                      logs="All" if settings.wait else "None")
+        estimator.fit(
+            inputs=inputs, job_name=spec.job_name, wait=settings.wait, logs="All" if settings.wait else "None"
+        )
     return describe_job(spec.job_name, session)
 
 
@@ -226,8 +260,11 @@ def describe_job(job_name: str, session: sagemaker.Session) -> JobResult:
         final_metrics={m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])},
         model_artifact=desc.get("ModelArtifacts", {}).get("S3ModelArtifacts"),
         output_artifact=f"{output}/{job_name}/output/output.tar.gz" if output else None,
-        hyperparameters={k: _decode(v) for k, v in desc.get("HyperParameters", {}).items()
-                         if not k.startswith("sagemaker_")},
+        hyperparameters={
+            k: _decode(v)
+            for k, v in desc.get("HyperParameters", {}).items()
+            if not k.startswith("sagemaker_")
+        },
         failure_reason=desc.get("FailureReason", ""),
     )
 
@@ -244,8 +281,9 @@ def to_parameter(space: Range) -> CategoricalParameter | ContinuousParameter | I
     if isinstance(space, Categorical):
         return CategoricalParameter(list(space.values))
     if isinstance(space, Continuous):
-        return ContinuousParameter(space.low, space.high,
-                                   scaling_type="Logarithmic" if space.log else "Linear")
+        return ContinuousParameter(
+            space.low, space.high, scaling_type="Logarithmic" if space.log else "Linear"
+        )
     if isinstance(space, Integer):
         return IntegerParameter(space.low, space.high, scaling_type="Linear")
     raise TypeError(f"unknown range type {type(space).__name__}")
@@ -268,8 +306,9 @@ def build_tuner(spec: TuningSpec, estimator: TensorFlow) -> HyperparameterTuner:
     )
 
 
-def tune(spec: TuningSpec, settings: SageMakerSettings, *,
-         session: sagemaker.Session | None = None) -> TuningResult:
+def tune(
+    spec: TuningSpec, settings: SageMakerSettings, *, session: sagemaker.Session | None = None
+) -> TuningResult:
     """Start a Bayesian tuning job over ``spec.ranges``; when waiting, report its best job.
 
     No checkpoint location unless one is given: every job of a tuning job shares the definition's
@@ -278,13 +317,19 @@ def tune(spec: TuningSpec, settings: SageMakerSettings, *,
     session = session or make_session(settings)
     inputs = training_inputs(spec.job)
     with tempfile.TemporaryDirectory(prefix="carvana-source-") as tmp:
-        estimator = build_estimator(spec.job, settings, session, stage_training_source(Path(tmp) / "source"),
-                                    checkpoints=spec.job.checkpoint_uri is not None)
+        estimator = build_estimator(
+            spec.job,
+            settings,
+            session,
+            stage_training_source(Path(tmp) / "source"),
+            checkpoints=spec.job.checkpoint_uri is not None,
+        )
         tuner = build_tuner(spec, estimator)
         tuner.fit(inputs=inputs, job_name=spec.name, wait=settings.wait)
     if not settings.wait:  # just started: no best job yet (carvana tune ... reports it when waiting)
-        return TuningResult(tuning_job_name=spec.name, best_job_name=None, best_objective=None,
-                            status="InProgress")
+        return TuningResult(
+            tuning_job_name=spec.name, best_job_name=None, best_objective=None, status="InProgress"
+        )
     return describe_tuning(spec.name, session)
 
 
@@ -295,8 +340,9 @@ def describe_tuning(tuning_job_name: str, session: sagemaker.Session) -> TuningR
     best = desc.get("BestTrainingJob")
     status = desc["HyperParameterTuningJobStatus"]
     if not best:
-        return TuningResult(tuning_job_name=tuning_job_name, best_job_name=None, best_objective=None,
-                            status=status)
+        return TuningResult(
+            tuning_job_name=tuning_job_name, best_job_name=None, best_objective=None, status=status
+        )
     job = client.describe_training_job(TrainingJobName=best["TrainingJobName"])
     return TuningResult(
         tuning_job_name=tuning_job_name,
@@ -308,8 +354,9 @@ def describe_tuning(tuning_job_name: str, session: sagemaker.Session) -> TuningR
     )
 
 
-def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
-           session: sagemaker.Session | None = None) -> DeployResult:
+def deploy(
+    spec: DeploySpec, settings: SageMakerSettings, *, session: sagemaker.Session | None = None
+) -> DeployResult:
     """Create the model (the job's model.tar.gz repacked with code/inference.py), config and endpoint.
 
     The SDK repacks ``model_data``: it adds ``code/inference.py``, ``code/requirements.txt`` and the
@@ -336,14 +383,21 @@ def deploy(spec: DeploySpec, settings: SageMakerSettings, *,
             sagemaker_session=session,
         )
         if spec.serverless:
-            target = {"serverless_inference_config": ServerlessInferenceConfig(
-                memory_size_in_mb=spec.memory_mb, max_concurrency=spec.max_concurrency)}
+            target = {
+                "serverless_inference_config": ServerlessInferenceConfig(
+                    memory_size_in_mb=spec.memory_mb, max_concurrency=spec.max_concurrency
+                )
+            }
         else:
             target = {"initial_instance_count": spec.instance_count, "instance_type": spec.instance_type}
         model.deploy(endpoint_name=spec.endpoint_name, tags=_tags(spec.tags), wait=settings.wait, **target)
     container = session.sagemaker_client.describe_model(ModelName=model_name)["PrimaryContainer"]
-    return DeployResult(endpoint_name=spec.endpoint_name, model_data=container["ModelDataUrl"],
-                        image_uri=container["Image"], model_name=model_name)
+    return DeployResult(
+        endpoint_name=spec.endpoint_name,
+        model_data=container["ModelDataUrl"],
+        image_uri=container["Image"],
+        model_name=model_name,
+    )
 
 
 def delete_endpoint(endpoint_name: str, session: sagemaker.Session) -> None:

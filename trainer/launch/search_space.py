@@ -59,7 +59,6 @@ class Integer:
 Range = Categorical | Continuous | Integer
 
 
-
 def declared_space(config_class: type = TrainConfig) -> tuple[Range, ...]:
     """The default ranges: each hyperparameter declared with ``search=`` in its config field.
 

@@ -194,10 +194,14 @@ class JobResult:
         ):
             return self.model_artifact
         if self.status == "Stopped":
-            raise LaunchError(f"training job {self.job_name} was stopped before it exported a model "
-                              "(no model_partial line in its log)")
-        raise LaunchError(f"training job {self.job_name} is {self.status}: only a Completed or Stopped job "
-                          "has a model to deploy")
+            raise LaunchError(
+                f"training job {self.job_name} was stopped before it exported a model "
+                "(no model_partial line in its log)"
+            )
+        raise LaunchError(
+            f"training job {self.job_name} is {self.status}: only a Completed or Stopped job "
+            "has a model to deploy"
+        )
 
 
 @dataclass(frozen=True)

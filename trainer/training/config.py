@@ -145,7 +145,8 @@ class OptimisationConfig:
     )
     lr_patience: int = hyperparameter(3, "plateau schedule: epochs without gain before an LR cut")
     lr_factor: float = hyperparameter(
-        0.5, "plateau schedule: learning-rate multiplier at a cut",
+        0.5,
+        "plateau schedule: learning-rate multiplier at a cut",
         bounds=Bounds(0.0, 1.0, low_inclusive=False),
     )
     min_lr: float = hyperparameter(1e-5, "floor of the learning rate (the cosine schedule's end)")
@@ -156,7 +157,10 @@ class StoppingConfig:
     """stopping: epochs, early stopping and the wall-clock budget."""
 
     epochs: int = hyperparameter(
-        100, "epochs to train (also the cosine schedule's length)", bounds=POSITIVE, search=Span(10, 40),
+        100,
+        "epochs to train (also the cosine schedule's length)",
+        bounds=POSITIVE,
+        search=Span(10, 40),
         launcher=True,
     )
     patience: int = hyperparameter(
@@ -292,6 +296,7 @@ class TrainConfig:
         return cls(
             paths=Paths.resolve(args, env), cluster=Cluster.from_env(env), **concern_values(cls, vars(args))
         )
+
 
 class _HelpFormatter(argparse.HelpFormatter):
     """Appends ``(default: X)`` to options that have a default; the paths' defaults are in their help."""
