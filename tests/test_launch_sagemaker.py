@@ -262,7 +262,9 @@ def _stub_tuning_report(stubber: Stubber) -> None:
         "describe_hyper_parameter_tuning_job",
         {
             "HyperParameterTuningJobName": "carvana-tune-test-2",
-            "HyperParameterTuningJobArn": "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/x",
+            "HyperParameterTuningJobArn": (
+                "arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/x"
+            ),
             "HyperParameterTuningJobConfig": {
                 "Strategy": "Bayesian",
                 "ResourceLimits": {"MaxNumberOfTrainingJobs": 6, "MaxParallelTrainingJobs": 2},
