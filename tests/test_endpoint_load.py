@@ -93,6 +93,8 @@ def test_admission_config_from_flags_and_environment(tmp_path: Path) -> None:
     default = server.ServeConfig.from_args(parser.parse_args(["--model", str(tmp_path)]), {})
     admission = default.admission
     assert (admission.max_inflight, admission.max_queue, default.gunicorn_threads) == (2, 6, 10)
+    batching = server.ServeConfig.from_args(parser.parse_args(["--model", str(tmp_path), "--batching"]), {})
+    assert batching.admission.max_inflight == 8  # a whole batch (SAGEMAKER_TFS_MAX_BATCH_SIZE) gets in
     with pytest.raises(ValueError, match="CARVANA_MAX_INFLIGHT must be >= 1, got 0"):
         AdmissionConfig.from_env({"CARVANA_MAX_INFLIGHT": "0"})
     with pytest.raises(ValueError, match="CARVANA_REQUEST_DEADLINE_SECONDS must be a number, got 'soon'"):

@@ -114,6 +114,10 @@ class ServeConfig:
         )
         flags = {"max_inflight": args.max_inflight, "max_queue": args.max_queue, "deadline_s": args.deadline}
         overrides = {name: value for name, value in flags.items() if value is not None}
+        inflight_set = "max_inflight" in overrides or env.get(AdmissionConfig.ENV["max_inflight"])
+        if batching.enabled and not inflight_set:
+            # A batch can only fill with requests in flight: by default let a whole batch in.
+            overrides["max_inflight"] = max(AdmissionConfig.max_inflight, batching.max_batch_size)
         admission = dataclasses.replace(AdmissionConfig.from_env(env), **overrides)
         return cls(
             model=Path(args.model),
