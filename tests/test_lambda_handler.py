@@ -540,7 +540,10 @@ def _png_header(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("body", "status", "expected"),
-    [(JPEG_HEAD + b"not really a jpeg", 400, "JPEG is malformed"), (_png_header(30000, 30000), 413, "pixels")],
+    [
+        (JPEG_HEAD + b"not really a jpeg", 400, "JPEG is malformed"),
+        (_png_header(30000, 30000), 413, "pixels"),
+    ],
     ids=["truncated-jpeg", "decompression-bomb"],
 )
 def test_photos_the_endpoint_refuses_keep_its_4xx_and_message(
