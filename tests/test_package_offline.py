@@ -151,33 +151,15 @@ def test_offline_options_are_checked(tiny_saved_model: Path, tmp_path: Path, cap
             ]
         )
     assert "--wheelhouse, --python-version and --platform go with --offline" in capsys.readouterr().err
+    offline_from_empty = [
+        "package", "--model-dir", str(tiny_saved_model), "--out", str(tmp_path / "m.tar.gz"),
+        "--offline", "--wheelhouse", str(tmp_path / "empty"),
+    ]  # fmt: skip
     with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "package",
-                "--model-dir",
-                str(tiny_saved_model),
-                "--out",
-                str(tmp_path / "m.tar.gz"),
-                "--offline",
-                "--wheelhouse",
-                str(tmp_path / "empty"),
-            ]
-        )
+        cli.main(offline_from_empty)
     assert "not a folder of wheels" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit):
-        cli.main(
-            [
-                "package",
-                "--model-dir",
-                str(tiny_saved_model),
-                "--out",
-                str(tmp_path / "m.tar.gz"),
-                "--offline",
-                "--wheelhouse",
-                str(tmp_path / "empty"),
-            ]
-        )
+        cli.main(offline_from_empty)
     assert "cannot get wheels of numpy>=1.26, Pillow>=10 for Python 3.12" in capsys.readouterr().err
     assert not (tmp_path / "m.tar.gz").exists()
