@@ -135,6 +135,8 @@ def _describe(spec: TransformSpec, result: TransformResult, total: int) -> dict[
         "Transformed": result.transformed,
         "Skipped": result.skipped,
         "Seconds": round(result.seconds, 3),
+        "StartupSeconds": round(result.startup_seconds, 3),
+        "PhotosPerSecond": round(result.photos_per_second, 3),
         "Failures": [{"input": f.input, "status": f.status, "message": f.message} for f in result.failures],
     }
 
@@ -188,10 +190,10 @@ def run_transform(spec: TransformSpec, work: Path, *, stream: TextIO | None = No
     pending = [name for name in inputs if not output_path(output, name).exists()]
     started = time.perf_counter()
     failures: list[TransformFailure] = []
-    status = "Stopped"
+    status, startup = "Stopped", 0.0
     try:
         if pending:
-            failures = _transform_all(spec, job_dir, source, output, pending, stream)
+            failures, startup = _transform_all(spec, job_dir, source, output, pending, stream)
         status = "Failed" if failures else "Completed"
     finally:
         result = TransformResult(
@@ -203,6 +205,7 @@ def run_transform(spec: TransformSpec, work: Path, *, stream: TextIO | None = No
             skipped=len(inputs) - len(pending),
             failures=tuple(failures),
             seconds=time.perf_counter() - started,
+            startup_seconds=startup,
             report=job_dir / DESCRIPTION,
         )
         write_json(job_dir / DESCRIPTION, _describe(spec, result, len(inputs)))
@@ -211,10 +214,13 @@ def run_transform(spec: TransformSpec, work: Path, *, stream: TextIO | None = No
 
 def _transform_all(
     spec: TransformSpec, job_dir: Path, source: Path, output: Path, pending: list[str], stream: TextIO | None
-) -> list[TransformFailure]:
-    """Every pending record through the endpoint, ``max_concurrent_transforms`` at a time."""
+) -> tuple[list[TransformFailure], float]:
+    """Every pending record through the endpoint, ``max_concurrent_transforms`` at a time; the
+    failures, and the seconds the container took to start."""
     failures: list[TransformFailure] = []
+    started = time.perf_counter()
     with _endpoint(spec, job_dir) as url:
+        startup = time.perf_counter() - started
         invoke = _Invoker(spec, url)
         pool = ThreadPoolExecutor(spec.max_concurrent_transforms, thread_name_prefix="transform")
         try:
@@ -228,4 +234,4 @@ def _transform_all(
                     bar.update(1)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C: running requests finish whole
-    return sorted(failures, key=lambda f: f.input)
+    return sorted(failures, key=lambda f: f.input), startup

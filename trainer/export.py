@@ -146,7 +146,7 @@ class UNetServing(tf.Module):
     def __init__(self, model: keras.Model, image_size: tuple[int, int]) -> None:
         super().__init__(name="unet_serving")
         self.model = model
-        self.image_size = tuple(image_size)
+        self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
 
     def _to_model_size(self, images: tf.Tensor) -> tf.Tensor:
         """Resize a float batch to the training size; antialiasing matches a proper downscale."""

@@ -485,7 +485,9 @@ def _print_transform(result: TransformResult) -> None:
     if result.report is not None:  # the local backend's own counts
         print(
             f"  {result.transformed} transformed, {result.skipped} already done (skipped), "
-            f"{len(result.failures)} failed, in {result.seconds:.1f} s"
+            f"{len(result.failures)} failed, in {result.seconds:.1f} s "
+            f"({result.startup_seconds:.1f} s starting the container, "
+            f"then {result.photos_per_second:.2f} photos/s)"
         )
         for failure in result.failures[:SHOWN_FAILURES]:
             status = f"{failure.status} " if failure.status is not None else ""

@@ -341,5 +341,12 @@ class TransformResult:
     transformed: int = 0  # local: outputs written by this run
     skipped: int = 0  # local: inputs whose .out already existed (a resumed job)
     failures: tuple[TransformFailure, ...] = ()
-    seconds: float = 0.0
+    seconds: float = 0.0  # local: the whole run, the container's start included
+    startup_seconds: float = 0.0  # local: until the container answered /ping
     report: Path | None = None  # local: the job's description.json
+
+    @property
+    def photos_per_second(self) -> float:
+        """Records per second once the container was up (local; 0 when nothing was sent)."""
+        records, busy = self.transformed + len(self.failures), self.seconds - self.startup_seconds
+        return records / busy if records and busy > 0 else 0.0
