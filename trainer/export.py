@@ -5,7 +5,10 @@ answer with a mask at that same size, so the resize is part of the graph: decode
 training size, run the network, resize the *logits* back to each photo's own size (bilinear, then
 the sigmoid: sharper edges than resizing probabilities), threshold at 0.5. Nothing outside the
 SavedModel (TF Serving, the inference handler, ``carvana evaluate``) needs to know the training
-size. Its three signatures, which serving, evaluation and prediction rely on:
+size. The full-resolution work is kept to what the answer needs (:func:`decode_photo`: a large JPEG
+is decoded already scaled down in the DCT domain; the full-size mask is thresholded on the resized
+logits; :func:`encode_mask_png` at zlib level 1), so the endpoint costs little more than the network.
+Its signatures, which serving, evaluation and prediction rely on:
 
 - ``serving_default``: ``image_bytes`` string [B] (JPEG/PNG, one size per batch) ->
   ``probabilities`` float32 [B,H,W], ``mask`` uint8 [B,H,W] in {0, 1}
