@@ -219,7 +219,9 @@ class UNetServing(tf.Module):
                 mask = (probabilities + flipped[:, ::-1]) / 2.0 > THRESHOLD
             else:
                 mask = self._full_size_mask(one_logits, size)
-            fraction = tf.cast(tf.math.count_nonzero(mask), tf.float32) / tf.cast(tf.size(mask), tf.float32)
+            fraction = tf.cast(tf.reduce_sum(tf.cast(mask, tf.int32)), tf.float32) / tf.cast(
+                tf.size(mask), tf.float32
+            )
             return encode_mask_png(mask), fraction
 
         pngs, fractions = tf.map_fn(
