@@ -44,6 +44,8 @@ UNCERTAIN_LOW, UNCERTAIN_HIGH = 0.1, 0.9
 PURE_BACKDROP, PURE_CAR = 0.02, 0.98
 # Colour estimates are averaged over this many pixels around an edge (at full resolution).
 COLOUR_RADIUS = 12
+# Car and studio colours closer than this (RGB distance) cannot tell an edge pixel's mix apart.
+COLOUR_SEPARATION = 24.0
 # How much of the uncertain-pixel share counts in the review risk (it is larger than the others
 # for a good mask: the edge band of a 1918x1280 car is ~1-2 % of its area).
 UNCERTAIN_WEIGHT = 0.25
@@ -125,25 +127,39 @@ def soft_alpha(probabilities: np.ndarray, *, low: float = ALPHA_LOW, high: float
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
-def decontaminate(rgb: np.ndarray, alpha: np.ndarray, *, radius: int = COLOUR_RADIUS) -> np.ndarray:
-    """The car's own colour float32 [H, W, 3] under every pixel with 0 < alpha < 1.
+def decontaminate(
+    rgb: np.ndarray, alpha: np.ndarray, *, radius: int = COLOUR_RADIUS
+) -> tuple[np.ndarray, np.ndarray]:
+    """The car's own colour float32 [H, W, 3] under every pixel with 0 < alpha < 1, and the alpha
+    corrected where the colours show the model's edge reaching into the studio.
 
-    An edge pixel shows ``C = a F + (1 - a) B``: car colour F mixed with the studio backdrop B. B is
-    the local mean of pure-backdrop pixels, F0 the local mean of pure-car pixels; the solved
-    ``(C - (1 - a) B) / a`` is trusted where the car's share is large, F0 where it is small (solving
-    divides by a small ``a``). Pixels with alpha 0 or 1 keep their colour.
+    An edge pixel shows ``C = c F + (1 - c) B``: car colour F mixed with the studio backdrop B over a
+    share c of the pixel. B is the local mean of pure-backdrop pixels and F0 that of pure-car pixels;
+    where they differ clearly, c is read from the colour (C's position between B and F0), elsewhere
+    (a silver car on a white studio) it is the model's alpha. The alpha never grows (colour is evidence
+    of backdrop, not of car: a black car's own shadow looks like car), and ``(C - (1 - c) B) / c`` is
+    the car colour, trusted where c is large, F0 where it is small (solving divides by a small c).
+    Pixels with alpha 0 or 1 keep their colour and alpha.
     """
     colour = rgb.astype(np.float32)
+    alpha = alpha.astype(np.float32, copy=True)
     edge = (alpha > 0) & (alpha < 1)
     if not edge.any():
-        return colour
-    backdrop = _local_mean(colour, (alpha <= PURE_BACKDROP).astype(np.float32), radius)
-    car = _local_mean(colour, (alpha >= PURE_CAR).astype(np.float32), radius)
-    a = alpha[edge][:, None]
-    solved = np.clip((colour[edge] - (1.0 - a) * backdrop[edge]) / np.maximum(a, 1e-3), 0.0, 255.0)
-    trust = np.clip((a - 0.5) * 2.0, 0.0, 1.0)
-    colour[edge] = trust * solved + (1.0 - trust) * car[edge]
-    return colour
+        return colour, alpha
+    backdrop = _local_mean(colour, (alpha <= PURE_BACKDROP).astype(np.float32), radius)[edge]
+    car = _local_mean(colour, (alpha >= PURE_CAR).astype(np.float32), radius)[edge]
+    observed, model = colour[edge], alpha[edge]
+    apart = car - backdrop
+    separation = np.sum(apart * apart, axis=1)
+    from_colour = np.clip(np.sum((observed - backdrop) * apart, axis=1) / np.maximum(separation, 1.0), 0.0, 1.0)
+    # 0 when car and studio are within ~24 levels of each other, 1 from ~72 apart.
+    weight = np.clip((np.sqrt(separation) - COLOUR_SEPARATION) / (2 * COLOUR_SEPARATION), 0.0, 1.0)
+    share = weight * from_colour + (1.0 - weight) * model
+    solved = np.clip((observed - (1.0 - share[:, None]) * backdrop) / np.maximum(share, 1e-3)[:, None], 0.0, 255.0)
+    trust = np.clip((share - 0.3) / 0.4, 0.0, 1.0)[:, None]
+    colour[edge] = trust * solved + (1.0 - trust) * car
+    alpha[edge] = np.minimum(model, share)
+    return colour, alpha
 
 
 def car_box(alpha: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -291,8 +307,7 @@ def finish_pixels(
     """
     if rgb.shape[:2] != probabilities.shape:
         raise ValueError(f"probabilities are {probabilities.shape} but the photo is {rgb.shape[:2]}")
-    alpha = soft_alpha(probabilities)
-    colour = decontaminate(rgb, alpha)
+    colour, alpha = decontaminate(rgb, soft_alpha(probabilities))
     box = car_box(alpha)
     window = None
     if options.frame is not None and box is not None:
