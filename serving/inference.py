@@ -241,16 +241,22 @@ def output_handler(response: Any, context: Any) -> tuple[bytes, str]:
         return result["png"], OutputFormat.MASK_PNG.value
     if pending.output is OutputFormat.RLE_JSON:
         if "alpha" not in result:
-            raise RuntimeError("the JSON answer needs the alpha_png signature's outputs; input_handler did not run")
+            raise RuntimeError(
+                "the JSON answer needs the alpha_png signature's outputs; input_handler did not run"
+            )
         analysis = studio.analyse(
             result["alpha"], flip_disagreement=result["flip_disagreement"], options=pending.options
         )
         body = json_answer(result, pending.orientation, analysis)
         return json.dumps(body).encode("utf-8"), OutputFormat.RLE_JSON.value
     if not pending.photo:
-        raise RuntimeError(f"the {pending.output.query} answer needs the photo, but input_handler did not run")
+        raise RuntimeError(
+            f"the {pending.output.query} answer needs the photo, but input_handler did not run"
+        )
     if pending.output.finished:
         probabilities = studio.decode_alpha_png(result["alpha"])
         jpeg = pending.output is OutputFormat.FINISHED_JPEG
-        return studio.finish(pending.photo, probabilities, options=pending.options, jpeg=jpeg), pending.output.value
+        return studio.finish(
+            pending.photo, probabilities, options=pending.options, jpeg=jpeg
+        ), pending.output.value
     return cutout_png(pending.photo, result["png"]), OutputFormat.CUTOUT_PNG.value

@@ -52,7 +52,12 @@ def test_layout_and_signatures(exported):
     assert export_dir.parts[-2:] == (MODEL_NAME, "1")
     assert (export_dir / "saved_model.pb").is_file() and (export_dir / "variables").is_dir()
     assert set(loaded.signatures) == {
-        "serving_default", "mask_png", "mask_png_tta", "alpha_png", "alpha_png_tta", "predict_images"
+        "serving_default",
+        "mask_png",
+        "mask_png_tta",
+        "alpha_png",
+        "alpha_png_tta",
+        "predict_images",
     }
     inputs = {name: sig.structured_input_signature[1] for name, sig in loaded.signatures.items()}
     assert inputs["serving_default"]["image_bytes"].dtype == tf.string
@@ -134,7 +139,10 @@ def test_alpha_png_is_the_probabilities_beside_mask_pngs_own_mask(exported, tta)
         np.testing.assert_array_equal(alpha[key].numpy(), mask[key].numpy())
     assert alpha["height"].numpy().tolist() == [150, 77]  # orientation 6: shown turned
     for png, mask_png, disagreement in zip(
-        alpha["alpha_png_bytes"].numpy(), mask["mask_png_bytes"].numpy(), alpha["flip_disagreement"].numpy()
+        alpha["alpha_png_bytes"].numpy(),
+        mask["mask_png_bytes"].numpy(),
+        alpha["flip_disagreement"].numpy(),
+        strict=True,
     ):
         values = np.asarray(Image.open(io.BytesIO(png)))
         binary = np.asarray(Image.open(io.BytesIO(mask_png))) // 255

@@ -68,7 +68,9 @@ def test_backdrop_far_from_the_car_is_exactly_the_requested_colour(
     backdrop: tuple[int, int, int], shadow: bool
 ) -> None:
     rgb, coverage, probabilities = studio_photo()
-    finished = studio.finish_pixels(rgb, probabilities, options=FinishOptions(backdrop=backdrop, shadow=shadow))
+    finished = studio.finish_pixels(
+        rgb, probabilities, options=FinishOptions(backdrop=backdrop, shadow=shadow)
+    )
     x0, y0, x1, y1 = studio.car_box(coverage)
     # "Far": outside the car's box grown by a fifth of its size on every side (the shadow lies within).
     grow_x, grow_y = (x1 - x0) // 5, (y1 - y0) // 5
@@ -96,7 +98,7 @@ def test_backdrop_image_is_scaled_to_fill_the_photo() -> None:
 
 
 def test_frame_centres_the_car_with_the_margin_and_one_scale_per_car() -> None:
-    rgb, coverage, probabilities = studio_photo()
+    rgb, _, probabilities = studio_photo()
     options = FinishOptions(frame=4 / 3, margin=0.1)
     finished = studio.finish_pixels(rgb, probabilities, options=options)
     height, width = finished.image.shape[:2]
@@ -109,7 +111,9 @@ def test_frame_centres_the_car_with_the_margin_and_one_scale_per_car() -> None:
     # A bigger content size (another view's larger box): same frame size for both, so one scale.
     box_w, box_h = x1 - x0, y1 - y0
     bigger = studio.finish_pixels(rgb, probabilities, options=options, content=(box_w * 1.5, box_h))
-    again = studio.finish_pixels(rgb, probabilities[:, ::-1].copy(), options=options, content=(box_w * 1.5, box_h))
+    again = studio.finish_pixels(
+        rgb, probabilities[:, ::-1].copy(), options=options, content=(box_w * 1.5, box_h)
+    )
     assert bigger.image.shape == again.image.shape and bigger.image.shape[1] > width
 
 
@@ -125,7 +129,9 @@ def test_box_fields_in_pixels_and_relative() -> None:
     analysis = studio.analyse(_png8(probabilities), flip_disagreement=0.0, options=FinishOptions())
     box = analysis.fields()["box"]
     x0, y0, x1, y1 = studio.car_box(coverage)
-    assert (box["x"], box["y"], box["width"], box["height"]) == pytest.approx((x0, y0, x1 - x0, y1 - y0), abs=3)
+    assert (box["x"], box["y"], box["width"], box["height"]) == pytest.approx(
+        (x0, y0, x1 - x0, y1 - y0), abs=3
+    )
     assert box["relative"]["width"] == pytest.approx(box["width"] / 360, abs=1e-4)
 
 
@@ -155,8 +161,12 @@ def test_finish_options_name_every_bad_field() -> None:
         FinishOptions.parse({"backdrop": "pink", "margin": "0.9", "shadow": "maybe", "size": "1"}, "query")
     message = err.value.message
     assert err.value.status == 400 and message.startswith("bad finish options in query: ")
-    for part in ("backdrop must be white, black, grey, or #rrggbb; got 'pink'", "margin must be a number in [0, 0.45]",
-                 "shadow must be true or false", "unknown option 'size'"):
+    for part in (
+        "backdrop must be white, black, grey, or #rrggbb; got 'pink'",
+        "margin must be a number in [0, 0.45]",
+        "shadow must be true or false",
+        "unknown option 'size'",
+    ):
         assert part in message
     options = FinishOptions.parse({"backdrop": "#0a3cc8", "shadow": "1", "frame": "4:3"}, "query")
     assert options.backdrop == (10, 60, 200) and options.shadow and options.frame == pytest.approx(4 / 3)

@@ -188,7 +188,9 @@ class UNetServing(tf.Module):
             probabilities = (plain + flipped) / 2.0 if tta else plain
             mask = probabilities > THRESHOLD
             plain_mask, flipped_mask = plain > THRESHOLD, flipped > THRESHOLD
-            both = tf.reduce_sum(tf.cast(plain_mask, tf.float32)) + tf.reduce_sum(tf.cast(flipped_mask, tf.float32))
+            both = tf.reduce_sum(tf.cast(plain_mask, tf.float32)) + tf.reduce_sum(
+                tf.cast(flipped_mask, tf.float32)
+            )
             differ = tf.reduce_sum(tf.cast(tf.math.logical_xor(plain_mask, flipped_mask), tf.float32))
             alpha = tf.cast(tf.round(probabilities * 255.0), tf.uint8)
             return (

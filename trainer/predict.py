@@ -138,9 +138,13 @@ def finish_options(args: argparse.Namespace) -> FinishOptions:
         backdrop = Path(args.backdrop)
         if backdrop.suffix.lower() in PHOTO_SUFFIXES:
             try:
-                return FinishOptions.parse(values, "the command line")._replace(backdrop_image=backdrop.read_bytes())
+                return FinishOptions.parse(values, "the command line")._replace(
+                    backdrop_image=backdrop.read_bytes()
+                )
             except OSError as err:
-                raise UsageError(f"--backdrop {backdrop}: cannot read the backdrop image ({err.strerror})") from None
+                raise UsageError(
+                    f"--backdrop {backdrop}: cannot read the backdrop image ({err.strerror})"
+                ) from None
         values["backdrop"] = args.backdrop
     try:
         return FinishOptions.parse(values, "the command line")
@@ -231,7 +235,9 @@ class Run:
         config, options = self.config, self.config.options
         answers = list(predict_alphas(model, paths, batch_size=config.batch_size, tta=config.tta))
         analyses = [
-            studio.analyse(row["alpha_png_bytes"], flip_disagreement=row["flip_disagreement"], options=options)
+            studio.analyse(
+                row["alpha_png_bytes"], flip_disagreement=row["flip_disagreement"], options=options
+            )
             for _, _, row in answers
         ]
         content = common_content([a.box for a in analyses]) if options.frame else None
@@ -244,7 +250,9 @@ class Run:
                 write_bytes(cutout_png(photo, mask_png), config.out / f"{path.stem}_cutout.png")
             if config.finished:
                 jpeg = config.finished == "jpeg"
-                image = studio.finish(photo, analysis.probabilities, options=options, jpeg=jpeg, content=content)
+                image = studio.finish(
+                    photo, analysis.probabilities, options=options, jpeg=jpeg, content=content
+                )
                 write_bytes(image, config.out / f"{path.stem}_finished.{'jpg' if jpeg else 'png'}")
             car, view = car_and_view(path.stem)
             record = {
@@ -321,7 +329,9 @@ def car_report(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return report
 
 
-def write_reports(config: PredictConfig, records: Sequence[dict[str, Any]], seconds: float, skipped: int) -> dict:
+def write_reports(
+    config: PredictConfig, records: Sequence[dict[str, Any]], seconds: float, skipped: int
+) -> dict:
     """predictions.csv, cars.json, the review page, the submission and summary.json, all rebuilt from
     the records (so an interrupted and resumed run ends with the same files as one run)."""
     cars = car_report(records)
@@ -385,9 +395,16 @@ def predict(config: PredictConfig) -> dict[str, Any]:
     if not run.folder:
         if config.submission is not None:
             with atomic_path(config.submission) as tmp, tmp.open("w", newline="") as handle:
-                csv.writer(handle).writerows([["img", "rle_mask"], *([r["photo"], r["rle"]] for r in ordered)])
+                csv.writer(handle).writerows(
+                    [["img", "rle_mask"], *([r["photo"], r["rle"]] for r in ordered)]
+                )
         flagged = sum(bool(r["review"]["needs_review"]) for r in ordered)
-        return {"photos": len(ordered), "flagged": flagged, "skipped_as_done": 0, "seconds": round(seconds, 1)}
+        return {
+            "photos": len(ordered),
+            "flagged": flagged,
+            "skipped_as_done": 0,
+            "seconds": round(seconds, 1),
+        }
     return write_reports(config, ordered, seconds, skipped)
 
 
@@ -418,14 +435,20 @@ def build_parser() -> argparse.ArgumentParser:
     finished = parser.add_argument_group("finished photos (<stem>_finished.jpg/.png)")
     finished.add_argument("--finished", choices=("jpeg", "png"), help="write finished photos in this format")
     finished.add_argument(
-        "--backdrop", help="white (default), black, grey, #rrggbb, or a JPEG/PNG file scaled to fill the photo"
+        "--backdrop",
+        help="white (default), black, grey, #rrggbb, or a JPEG/PNG file scaled to fill the photo",
     )
     finished.add_argument("--shadow", action="store_true", help="add a ground shadow (contact and drop)")
     finished.add_argument(
-        "--frame", metavar="ASPECT", help="crop/pad to this aspect (4:3, 16:9, 1.5), car centred, one scale per car"
+        "--frame",
+        metavar="ASPECT",
+        help="crop/pad to this aspect (4:3, 16:9, 1.5), car centred, one scale per car",
     )
     finished.add_argument(
-        "--margin", type=float, default=FinishOptions().margin, help="margin around the car, share of the frame"
+        "--margin",
+        type=float,
+        default=FinishOptions().margin,
+        help="margin around the car, share of the frame",
     )
     finished.add_argument("--review-threshold", type=float, help="risk above which a photo needs review")
     parser.add_argument("--restart", action="store_true", help="redo every photo, ignoring earlier records")

@@ -174,7 +174,10 @@ class SegmentationModel:
             )
             columns = {key: result[key].numpy() for key in outputs}
             return [
-                {key: bytes(value[i]) if value.dtype == object else value[i].item() for key, value in columns.items()}
+                {
+                    key: bytes(value[i]) if value.dtype == object else value[i].item()
+                    for key, value in columns.items()
+                }
                 for i in range(len(batch))
             ]
 
@@ -195,7 +198,14 @@ class SegmentationModel:
         ``alpha_png_bytes`` (probabilities, 8-bit), ``mask_png_bytes`` (the mask_png mask),
         ``flip_disagreement``, ``height``, ``width``, ``car_fraction``: what the endpoint's
         finished photos and JSON answer are made of (trainer/studio.py)."""
-        outputs = ("alpha_png_bytes", "mask_png_bytes", "flip_disagreement", "height", "width", "car_fraction")
+        outputs = (
+            "alpha_png_bytes",
+            "mask_png_bytes",
+            "flip_disagreement",
+            "height",
+            "width",
+            "car_fraction",
+        )
         return self._call_bytes(ALPHA_TTA_SIGNATURE if tta else ALPHA_SIGNATURE, photos, outputs)
 
     def mask_pngs(self, photos: Sequence[bytes], *, tta: bool = False) -> list[bytes]:

@@ -151,11 +151,15 @@ def decontaminate(
     observed, model = colour[edge], alpha[edge]
     apart = car - backdrop
     separation = np.sum(apart * apart, axis=1)
-    from_colour = np.clip(np.sum((observed - backdrop) * apart, axis=1) / np.maximum(separation, 1.0), 0.0, 1.0)
+    from_colour = np.clip(
+        np.sum((observed - backdrop) * apart, axis=1) / np.maximum(separation, 1.0), 0.0, 1.0
+    )
     # 0 when car and studio are within ~24 levels of each other, 1 from ~72 apart.
     weight = np.clip((np.sqrt(separation) - COLOUR_SEPARATION) / (2 * COLOUR_SEPARATION), 0.0, 1.0)
     share = weight * from_colour + (1.0 - weight) * model
-    solved = np.clip((observed - (1.0 - share[:, None]) * backdrop) / np.maximum(share, 1e-3)[:, None], 0.0, 255.0)
+    solved = np.clip(
+        (observed - (1.0 - share[:, None]) * backdrop) / np.maximum(share, 1e-3)[:, None], 0.0, 255.0
+    )
     trust = np.clip((share - 0.3) / 0.4, 0.0, 1.0)[:, None]
     colour[edge] = trust * solved + (1.0 - trust) * car
     alpha[edge] = np.minimum(model, share)
@@ -200,7 +204,11 @@ class Window(NamedTuple):
 
 
 def frame_window(
-    box: tuple[int, int, int, int], *, aspect: float, margin: float, content: tuple[float, float] | None = None
+    box: tuple[int, int, int, int],
+    *,
+    aspect: float,
+    margin: float,
+    content: tuple[float, float] | None = None,
 ) -> Window:
     """The crop of ``aspect`` (width/height) centred on ``box`` leaving ``margin`` of the frame on the
     tighter sides. ``content`` (width, height) replaces the box's own size, so views framed with the
@@ -255,7 +263,9 @@ def ground_shadow(alpha: np.ndarray, *, opacity: dict[str, float] | None = None)
     # Seen from above the floor, the far tyres sit higher in the photo than the near ones: a column
     # touches the floor where its lowest car pixel is (nearly) the lowest around it.
     reach = max(1, car_w // 12)
-    windows = np.lib.stride_tricks.sliding_window_view(np.pad(lowest, reach, constant_values=-1), 2 * reach + 1)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(lowest, reach, constant_values=-1), 2 * reach + 1
+    )
     contact_cols = (lowest >= 0) & (lowest >= windows.max(axis=1) - max(1, round(0.02 * car_h)))
     thickness = max(2, round(0.012 * car_h))
     rx, ry = 0.55 * car_w, max(2.0, 0.07 * car_h)
@@ -397,7 +407,9 @@ def review(probabilities: np.ndarray, *, flip_disagreement: float, threshold: fl
     risk = review_risk(flip_disagreement=flip_disagreement, fragments=fragments, uncertain=uncertain)
     if not car.any():
         risk = 1.0  # no car at all is always worth a look
-    return Review(risk > threshold, float(np.clip(1.0 - risk, 0.0, 1.0)), risk, flip_disagreement, fragments, uncertain)
+    return Review(
+        risk > threshold, float(np.clip(1.0 - risk, 0.0, 1.0)), risk, flip_disagreement, fragments, uncertain
+    )
 
 
 # ---- one photo, end to end (the endpoint's and predict's entry point) --------------------------

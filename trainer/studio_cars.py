@@ -49,7 +49,10 @@ def _deviation(view: View, expected: View) -> tuple[float, float]:
     area = abs(view.car_fraction - expected.car_fraction) / max(expected.car_fraction, 1e-6)
     x0, y0, x1, y1 = expected.box
     width, height = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
-    sides = [abs(a - b) / (width if i % 2 == 0 else height) for i, (a, b) in enumerate(zip(view.box, expected.box))]
+    sides = [
+        abs(a - b) / (width if i % 2 == 0 else height)
+        for i, (a, b) in enumerate(zip(view.box, expected.box, strict=True))
+    ]
     return area, max(sides)
 
 
@@ -62,7 +65,9 @@ def _neighbours_mean(views: Mapping[int, View], number: int) -> View | None:
     x0, y0, x1, y1 = ((a + b) / 2 for a, b in zip(before.box, after.box, strict=True))
     area_scale, width_scale = FRONT_REAR.get(number, (1.0, 1.0))
     centre, half = (x0 + x1) / 2, (x1 - x0) / 2 * width_scale
-    return View((before.car_fraction + after.car_fraction) / 2 * area_scale, (centre - half, y0, centre + half, y1))
+    return View(
+        (before.car_fraction + after.car_fraction) / 2 * area_scale, (centre - half, y0, centre + half, y1)
+    )
 
 
 def _mirror(views: Mapping[int, View], number: int) -> View | None:
@@ -88,7 +93,7 @@ def check_car(views: Mapping[int, View]) -> dict[int, list[str]]:
         predictions = [p for p in (_neighbours_mean(views, number), _mirror(views, number)) if p is not None]
         if not predictions:
             continue
-        area, box = (min(values) for values in zip(*(_deviation(view, p) for p in predictions)))
+        area, box = (min(values) for values in zip(*(_deviation(view, p) for p in predictions), strict=True))
         reasons = []
         if area > AREA_TOLERANCE:
             reasons.append(f"area off by {area:.0%} from its neighbours and mirror view")

@@ -630,9 +630,15 @@ class FinishOptions(NamedTuple):
             "backdrop": ("white, black, grey, or #rrggbb", lambda v: _colour(str(v))),
             "backdrop_image": ("a base64 JPEG or PNG", lambda v: b64decode(v, "backdrop_image")),
             "shadow": ("true or false (1/0, yes/no)", _flag),
-            "frame": ("an aspect width:height such as 4:3, or a number in [0.1, 10]", lambda v: _aspect(str(v))),
+            "frame": (
+                "an aspect width:height such as 4:3, or a number in [0.1, 10]",
+                lambda v: _aspect(str(v)),
+            ),
             "margin": ("a number in [0, 0.45]", lambda v: _fraction(v, 0.0, 0.45)),
-            "quality": ("an integer JPEG quality in [50, 100]", lambda v: int(_fraction(int(str(v)), 50, 100))),
+            "quality": (
+                "an integer JPEG quality in [50, 100]",
+                lambda v: int(_fraction(int(str(v)), 50, 100)),
+            ),
             "review_threshold": ("a number in [0, 1]", lambda v: _fraction(v, 0.0, 1.0)),
         }
         parsed: dict[str, Any] = {}
@@ -661,7 +667,11 @@ class FinishOptions(NamedTuple):
             value = getattr(self, key)
             if value == getattr(defaults, key):
                 continue
-            text = "%02x%02x%02x" % value if key == "backdrop" else str(int(value) if key == "shadow" else value)
+            text = (
+                "{:02x}{:02x}{:02x}".format(*value)
+                if key == "backdrop"
+                else str(int(value) if key == "shadow" else value)
+            )
             pairs.append(f"{key}={text}")
         return ",".join(pairs)
 
