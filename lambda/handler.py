@@ -12,8 +12,11 @@ Requests it understands (all answered with an API Gateway proxy response dict):
 - direct invocations (``aws lambda invoke``, Step Functions): ``{"image_b64": ..., "format": ...}``
   or ``{"s3_uri": ..., "format": ...}``.
 
-The result format comes from ``?format=png|json|cutout`` (or ``"format"`` in JSON), else from the
-``Accept`` header; the default is the PNG mask. Photos bigger than a synchronous Lambda payload
+The result format comes from ``?format=png|json|cutout|jpeg|finished-png`` (or ``"format"`` in
+JSON), else from the ``Accept`` header; the default is the PNG mask. ``jpeg`` / ``finished-png`` are
+finished photos: their options (``?backdrop=white&shadow=1&frame=4:3&margin=0.08``, or a JSON
+``"options"`` object) are checked and passed to the endpoint as CustomAttributes; the endpoint
+computes them, as it computes the JSON answer's box and review flag. Photos bigger than a synchronous Lambda payload
 allows (6 MB, and base64 costs a third of it) go through S3: the function reads them from
 ``INPUT_S3_PREFIX`` only, writes the result under ``OUTPUT_S3_PREFIX`` and answers with its URI.
 
@@ -36,7 +39,7 @@ from typing import Any
 
 from mask_aws import invoke_endpoint, read_s3_photo, write_result
 from mask_config import ConfigError, HandlerConfig, S3Location, clients_for
-from mask_request import choose_format, parse_event, photo_or_location
+from mask_request import choose_format, finish_options, parse_event, photo_or_location
 from mask_response import json_response, request_logger, result_response
 
 from trainer.wire import WireError
@@ -53,7 +56,10 @@ def serve(event: object, config: HandlerConfig, record: dict[str, Any]) -> dict[
         raise WireError(f"method {request.method} is not allowed: POST the photo", 405, {"Allow": "POST"})
     photo = photo_or_location(request, config)
     fmt = choose_format(request)
+    attributes = finish_options(request)
     record["format"] = fmt.query
+    if attributes:
+        record["options"] = attributes
     clients = clients_for(config)
     location = photo if isinstance(photo, S3Location) else None
     if location is not None:
@@ -61,7 +67,7 @@ def serve(event: object, config: HandlerConfig, record: dict[str, Any]) -> dict[
         photo = read_s3_photo(location, config, clients)
     assert isinstance(photo, bytes)
     record["size_bytes"] = len(photo)
-    result = invoke_endpoint(photo, fmt, config, clients)
+    result = invoke_endpoint(photo, fmt, config, clients, attributes)
     if location is None:
         return result_response(result, fmt)
     target = write_result(result, location, fmt, config, clients)

@@ -21,6 +21,8 @@ OUTPUT_SUFFIXES = {
     OutputFormat.MASK_PNG: ".mask.png",
     OutputFormat.RLE_JSON: ".rle.json",
     OutputFormat.CUTOUT_PNG: ".cutout.png",
+    OutputFormat.FINISHED_JPEG: ".finished.jpg",
+    OutputFormat.FINISHED_PNG: ".finished.png",
 }
 
 
@@ -45,12 +47,16 @@ def read_s3_photo(location: S3Location, config: HandlerConfig, clients: Clients)
         return body.read()
 
 
-def invoke_endpoint(photo: bytes, fmt: OutputFormat, config: HandlerConfig, clients: Clients) -> Result:
-    """One invoke_endpoint call; endpoint failures become WireErrors carrying its message."""
+def invoke_endpoint(
+    photo: bytes, fmt: OutputFormat, config: HandlerConfig, clients: Clients, attributes: str = ""
+) -> Result:
+    """One invoke_endpoint call (``attributes``: the finish options as CustomAttributes); endpoint
+    failures become WireErrors carrying its message."""
     content_type = sniff_photo(photo)
+    extra = {"CustomAttributes": attributes} if attributes else {}
     try:
         response = clients.runtime.invoke_endpoint(
-            EndpointName=config.endpoint_name, Body=photo, ContentType=content_type, Accept=fmt.value
+            EndpointName=config.endpoint_name, Body=photo, ContentType=content_type, Accept=fmt.value, **extra
         )
         return Result(response["Body"].read(), response.get("ContentType") or fmt.value)
     except ClientError as error:
