@@ -16,9 +16,10 @@ The result format comes from ``?format=png|json|cutout|jpeg|finished-png`` (or `
 JSON), else from the ``Accept`` header; the default is the PNG mask. ``jpeg`` / ``finished-png`` are
 finished photos: their options (``?backdrop=white&shadow=1&frame=4:3&margin=0.08``, or a JSON
 ``"options"`` object) are checked and passed to the endpoint as CustomAttributes; the endpoint
-computes them, as it computes the JSON answer's box and review flag. Photos bigger than a synchronous Lambda payload
-allows (6 MB, and base64 costs a third of it) go through S3: the function reads them from
-``INPUT_S3_PREFIX`` only, writes the result under ``OUTPUT_S3_PREFIX`` and answers with its URI.
+computes them, as it computes the JSON answer's box and review flag.
+
+Photos bigger than a synchronous Lambda payload allows (6 MB, and base64 costs a third of it) go
+through S3: the function reads them from ``INPUT_S3_PREFIX`` only, writes the result under ``OUTPUT_S3_PREFIX`` and answers with its URI.
 
 The package (lambda/Makefile builds it) is this folder plus ``trainer/wire.py``, the wire contract
 the endpoint also runs; it imports boto3 and the standard library only (present in the Lambda
