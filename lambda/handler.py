@@ -19,7 +19,8 @@ finished photos: their options (``?backdrop=white&shadow=1&frame=4:3&margin=0.08
 computes them, as it computes the JSON answer's box and review flag.
 
 Photos bigger than a synchronous Lambda payload allows (6 MB, and base64 costs a third of it) go
-through S3: the function reads them from ``INPUT_S3_PREFIX`` only, writes the result under ``OUTPUT_S3_PREFIX`` and answers with its URI.
+through S3: the function reads them from ``INPUT_S3_PREFIX`` only, writes the result under
+``OUTPUT_S3_PREFIX`` and answers with its URI.
 
 The package (lambda/Makefile builds it) is this folder plus ``trainer/wire.py``, the wire contract
 the endpoint also runs; it imports boto3 and the standard library only (present in the Lambda

@@ -415,17 +415,21 @@ def photo(sample_data: Path) -> bytes:
     return sorted((sample_data / "train").glob("*.jpg"))[0].read_bytes()
 
 
-@pytest.fixture(scope="module")
-def expected_mask(photo: bytes, served_endpoint: str) -> np.ndarray:
-    """The endpoint's own mask for ``photo`` via boto3, which every Lambda route must reproduce."""
-    runtime = boto3.client(
+def runtime_client(served_endpoint: str) -> Any:
+    """boto3's SageMaker Runtime client pointed at the served endpoint."""
+    return boto3.client(
         "sagemaker-runtime",
         endpoint_url=served_endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
-    answer = runtime.invoke_endpoint(
+
+
+@pytest.fixture(scope="module")
+def expected_mask(photo: bytes, served_endpoint: str) -> np.ndarray:
+    """The endpoint's own mask for ``photo`` via boto3, which every Lambda route must reproduce."""
+    answer = runtime_client(served_endpoint).invoke_endpoint(
         EndpointName="carvana-unet", Body=photo, ContentType="image/jpeg", Accept="image/png"
     )
     return png_pixels(answer["Body"].read())
@@ -518,20 +522,17 @@ def test_finished_photo_options_pass_through_to_the_endpoint(
         event = {"image_b64": base64.b64encode(photo).decode(), "format": "finished-png", "options": options}
     finished = image_body(lam.handler(event, context()), "image/png; variant=finished")
     # What the endpoint answers for those options as custom attributes: the Lambda computed nothing.
-    runtime = boto3.client(
-        "sagemaker-runtime",
-        endpoint_url=served_endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+    direct = (
+        runtime_client(served_endpoint)
+        .invoke_endpoint(
+            EndpointName="carvana-unet",
+            Body=photo,
+            ContentType="image/jpeg",
+            Accept="image/png; variant=finished",
+            CustomAttributes="backdrop=0a3cc8,shadow=1,frame=1.3333333333333333",
+        )["Body"]
+        .read()
     )
-    direct = runtime.invoke_endpoint(
-        EndpointName="carvana-unet",
-        Body=photo,
-        ContentType="image/jpeg",
-        Accept="image/png; variant=finished",
-        CustomAttributes="backdrop=0a3cc8,shadow=1,frame=1.3333333333333333",
-    )["Body"].read()
     assert finished == direct
 
 
