@@ -63,8 +63,10 @@ demo-evaluate: $(STAMP)
 	rm -rf $(DEMO)/photos && mkdir -p $(DEMO)/photos && car=$$($(BIN)/python -c "import json; \
 	  print(json.load(open('$(DEMO)/tfrecords/manifest.json'))['splits']['validation']['cars'][0])") && \
 	  for n in 01 05 09 13; do cp $(DEMO)/data/train/$${car}_$$n.jpg $(DEMO)/photos/; done
+	@# Masks, cut-outs and the studio's output: finished photos on white with a ground shadow, framed
+	@# 4:3 at one scale per car, predictions.csv (box, review flag), cars.json and the review page.
 	$(CARVANA) predict $(DEMO)/photos --model $(MODEL_TAR) --cutout \
-	  --out $(DEMO)/predictions
+	  --finished jpeg --backdrop white --shadow --frame 4:3 --margin 0.08 --out $(DEMO)/predictions
 	$(CARVANA) package --model-dir $(DEMO)/jobs/latest/opt/ml/model --out $(DEMO)/model.tar.gz
 
 # The user's last step: serve the model, call the Lambda through the local API gateway.
@@ -84,7 +86,12 @@ demo-serve: $(STAMP)
 	    http://127.0.0.1:$(GATEWAY_PORT)/mask -o $(DEMO)/lambda/$${name}_mask.png; \
 	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
-	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png"; done
+	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=jpeg&backdrop=white&shadow=1&frame=4:3" \
+	    -o $(DEMO)/lambda/$${name}_finished.jpg; \
+	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png, $${name}_finished.jpg"; done; \
+	echo "finished photos: $(DEMO)/predictions/*_finished.jpg, $(DEMO)/lambda/*_finished.jpg"; \
+	echo "review page: $(DEMO)/predictions/review/index.html (summary: $(DEMO)/predictions/summary.json)"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache *.egg-info
