@@ -79,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="review_flag.csv")
     args = parser.parse_args(argv)
 
-    config = EvaluateConfig(model=Path(args.model), data=Path(args.data), out=Path("."), manifest=Path(args.manifest))
+    config = EvaluateConfig(
+        model=Path(args.model), data=Path(args.data), out=Path("."), manifest=Path(args.manifest)
+    )
     photos = select_photos(config)
     rows = []
     with open_model(args.model) as model, tqdm(total=len(photos), desc="review", unit="img") as bar:
@@ -111,15 +113,22 @@ def main(argv: list[str] | None = None) -> int:
 
     dice = np.array([r["dice"] for r in rows])
     risk = np.array([r["risk"] for r in rows])
-    print(f"{len(rows)} photos of the {args.split} split, mean Dice {dice.mean():.5f}, "
-          f"{int((dice < args.bad_dice).sum())} below {args.bad_dice}")
+    print(
+        f"{len(rows)} photos of the {args.split} split, mean Dice {dice.mean():.5f}, "
+        f"{int((dice < args.bad_dice).sum())} below {args.bad_dice}"
+    )
     for signal in ("flip_disagreement", "fragments", "uncertain", "risk"):
         values = np.array([r[signal] for r in rows])
         correlation = np.corrcoef(values, 1 - dice)[0, 1] if values.std() > 0 else float("nan")
         print(f"  {signal}: median {np.median(values):.5f}, correlation with 1 - Dice {correlation:.3f}")
     print(report("shipped", flag_figures(dice, risk, REVIEW_THRESHOLD, args.bad_dice)))
     chosen = calibrate(dice, risk, args.bad_dice, args.catch)
-    print(report(f"calibrated on this split (catch >= {args.catch:.0%})", flag_figures(dice, risk, chosen, args.bad_dice)))
+    print(
+        report(
+            f"calibrated on this split (catch >= {args.catch:.0%})",
+            flag_figures(dice, risk, chosen, args.bad_dice),
+        )
+    )
     print(f"per-photo signals -> {args.out}")
     return 0
 

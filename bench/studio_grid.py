@@ -74,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/finished_grid.jpg")
     args = parser.parse_args(argv)
 
-    photos = select_photos(EvaluateConfig(Path(args.model), Path(args.data), Path("."), manifest=Path(args.manifest)))
+    photos = select_photos(
+        EvaluateConfig(Path(args.model), Path(args.data), Path("."), manifest=Path(args.manifest))
+    )
     colours = car_colours(photos)
     darkest = min(colours, key=lambda car: colours[car][0])
     silver = max((c for c in colours if c != darkest), key=lambda car: colours[car][0] - 2 * colours[car][1])

@@ -171,7 +171,7 @@ def test_finish_options_name_every_bad_field() -> None:
     options = FinishOptions.parse({"backdrop": "#0a3cc8", "shadow": "1", "frame": "4:3"}, "query")
     assert options.backdrop == (10, 60, 200) and options.shadow and options.frame == pytest.approx(4 / 3)
     # The header the Lambda sends, read back as the container splits it (tfs-* are the container's).
-    header = options.attributes() + ",tfs-model-name=unet"
+    header = options.attributes() + ",tfs-model-name=unet,trace=7"  # others' attributes are theirs
     assert finish_options_from_attributes(header) == options
     with pytest.raises(WireError, match="key=value pairs"):
         finish_options_from_attributes("shadow")

@@ -678,12 +678,13 @@ class FinishOptions(NamedTuple):
 
 def finish_options_from_attributes(header: str | None) -> FinishOptions:
     """Finish options from a custom attributes header, parsed as the container parses it (pairs
-    split on ``,`` then ``=``); ``tfs-*`` pairs are the container's and skipped."""
+    split on ``,`` then ``=``). Only the option names are read: ``tfs-*`` pairs are the container's,
+    and callers put other things there too (a trace id, as the InvokeEndpoint docs suggest)."""
     values: dict[str, str] = {}
     for pair in filter(None, (header or "").split(",")):
         key, equals, value = pair.partition("=")
         if not equals or "=" in value:
             raise WireError(f"custom attributes must be key=value pairs joined by commas; got {pair!r}")
-        if not key.strip().startswith(_CONTAINER_ATTRIBUTE_PREFIX):
+        if key.strip() in FinishOptions._fields and not key.strip().startswith(_CONTAINER_ATTRIBUTE_PREFIX):
             values[key.strip()] = value.strip()
     return FinishOptions.parse(values, "custom attributes")
