@@ -54,7 +54,7 @@ def close_up(finished: np.ndarray, probabilities: np.ndarray, height: int) -> Im
     """A 3x crop (nearest neighbour) around the edge point at the car's top centre."""
     box = studio.car_box(studio.soft_alpha(probabilities))
     assert box is not None
-    x0, y0, x1, _ = box
+    x0, _, x1, _ = box
     centre_x = (x0 + x1) // 2
     column = probabilities[:, centre_x]
     top = int(np.argmax(column >= 0.5))
