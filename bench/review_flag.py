@@ -30,6 +30,7 @@ from trainer import studio
 from trainer.evaluate import EvaluateConfig, display_truth, select_photos
 from trainer.model.metrics import dice_numpy
 from trainer.saved_model_io import open_model
+from trainer.studio_review import outline
 from trainer.wire import REVIEW_THRESHOLD, exif_orientation
 
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                         "fragments": verdict.fragments,
                         "uncertain": verdict.uncertain,
                         "risk": verdict.risk,
+                        # For studying other weightings: the car's area and outline length in pixels.
+                        "car_pixels": int(mask.sum()),
+                        "edge_pixels": int(outline(mask).sum()),
                     }
                 )
             bar.update(len(chunk))
