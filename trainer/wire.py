@@ -19,7 +19,9 @@ package by lambda/Makefile), the local endpoint and gateway (local_aws/), and th
   network with the same table);
 - Kaggle RLE (row-major, 1-indexed ``"start length"`` pairs, as in train_masks.csv);
 - the cut-out: the photo as RGBA with the mask as alpha and the RGB *zeroed* where alpha is 0, so
-  nothing of the studio survives in the file.
+  nothing of the studio survives in the file;
+- the finished photo's media types and options (:class:`FinishOptions`, read from custom attributes,
+  a query string or JSON) and the review flag's threshold; trainer/studio.py does the pixels.
 
 Standard library only at import: the Lambda runtime has boto3 but no NumPy or Pillow. The functions
 that need NumPy (RLE, masks) or Pillow (PNG) import them when called.
