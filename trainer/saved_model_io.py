@@ -6,7 +6,8 @@ the SavedModel folder itself (``<model_dir>/unet/1``), the training job's ``mode
 module is the one place that turns any of those into loaded signatures, so both commands read the
 model exactly as TF Serving would, through the exported graph, rather than rebuilding a Keras model
 that could drift from what is deployed. They send the photo's *bytes* to the endpoint's own
-``mask_png`` signature (``mask_png_tta`` for test-time augmentation): the graph decodes and resizes,
+``mask_png`` signature (``mask_png_tta`` for test-time augmentation), or ``alpha_png`` for the
+probabilities the finished photos and the review flag are made of: the graph decodes and resizes,
 so a mask made offline is the endpoint's mask, pixel for pixel. It also reads a SavedModel's
 signature definitions without loading it (``carvana package`` checks them; the local endpoint
 prints them as TF Serving's metadata call does).
