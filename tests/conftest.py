@@ -32,6 +32,7 @@ SLOW_FIXTURES = frozenset(
         "s3_bucket",
         "endpoint_factory",
         "served_endpoint",
+        "aws_container_endpoint",
         "real_data",
         "tiny_saved_model",
         "packaged_model",
@@ -267,6 +268,17 @@ def served_endpoint(
     (plus fake credentials and a region). Shared by the session: do not stop or reconfigure it.
     """
     with endpoint_factory(packaged_model) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def aws_container_endpoint(
+    packaged_model: Path, endpoint_factory: Callable[..., contextlib.AbstractContextManager[str]]
+) -> Iterator[str]:
+    """Like ``served_endpoint``, but ``carvana serve --container aws``: it answers exactly as the real
+    SageMaker TF Serving container (500 with ``{"error": str(e)}`` for every handler exception, no
+    body size limit before the handler). Shared by the session: do not stop or reconfigure it."""
+    with endpoint_factory(packaged_model, "--container", "aws") as url:
         yield url
 
 
