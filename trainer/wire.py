@@ -449,12 +449,11 @@ def parse_error_document(text: str | bytes | None) -> ErrorDocument | None:
     given (a plain ``{"error": "..."}`` from TF Serving or an older handler)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", errors="replace")
-    document: Any = text
+    try:
+        document = json.loads(text or "")
+    except ValueError:
+        return None
     for _ in range(3):  # the document itself, the container's wrapper, one spare level
-        try:
-            document = json.loads(document) if isinstance(document, str) else document
-        except ValueError:
-            return None
         if not isinstance(document, dict) or "error" not in document:
             return None
         status, request_id = document.get("status"), document.get("request_id")
@@ -463,9 +462,13 @@ def parse_error_document(text: str | bytes | None) -> ErrorDocument | None:
                 str(document["error"]), status, None if request_id is None else str(request_id)
             )
         inner = document["error"]
-        if not isinstance(inner, str) or not inner.lstrip().startswith("{"):
+        try:
+            nested = json.loads(inner) if isinstance(inner, str) and inner.lstrip().startswith("{") else None
+        except ValueError:
+            nested = None
+        if not (isinstance(nested, dict) and "error" in nested):
             return ErrorDocument(str(inner))
-        document = inner
+        document = nested
     return None
 
 
