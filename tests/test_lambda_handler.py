@@ -29,6 +29,7 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 
@@ -728,3 +729,55 @@ def test_success_is_logged_with_size_format_and_latency(
     )
     assert (line["status"], line["format"], line["size_bytes"]) == (200, "json", len(photo))
     assert line["latency_ms"] > 0 and "error" not in line
+
+
+def upload_event(body: bytes = b"", content_type: str = "application/json") -> dict[str, Any]:
+    """An HTTP API event for ``POST /uploads`` (a JSON body, not base64)."""
+    event = v2_event(body, content_type)
+    event.update(rawPath="/uploads", routeKey="POST /uploads", isBase64Encoded=False, body=body.decode())
+    event["requestContext"]["http"]["path"] = "/uploads"
+    return event
+
+
+def test_uploads_hand_out_a_presigned_post_under_the_input_prefix(
+    lam: ModuleType, env: pytest.MonkeyPatch, moto_s3: str, photo: bytes
+) -> None:
+    """The grant works over real HTTP against moto in server mode, and the mask request by its key
+    then reads the uploaded photo (the endpoint is unreachable here: 502 proves the photo was read
+    and passed the header screen)."""
+    env.setenv("MAX_IMAGE_BYTES", "500000")
+    response = lam.handler(upload_event(b'{"content_type": "image/png"}'), context())
+    assert response["statusCode"] == 200, response["body"]
+    grant = json.loads(response["body"])
+    assert re.fullmatch(rf"s3://{BUCKET}/incoming/uploads/[0-9a-f]{{32}}\.png", grant["s3_uri"])
+    assert (grant["expires_in"], grant["max_bytes"]) == (300, 500000)
+    policy = json.loads(base64.b64decode(grant["upload"]["fields"]["policy"]))
+    assert ["content-length-range", 1, 500000] in policy["conditions"]
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buffer, format="PNG")
+    upload = requests.post(
+        grant["upload"]["url"],
+        data=grant["upload"]["fields"],
+        files={"file": ("car.png", buffer.getvalue(), "image/png")},
+        timeout=60,
+    )
+    assert upload.status_code == 204, upload.text
+    status, message = error_of(lam.handler({"s3_uri": grant["s3_uri"]}, context()))
+    assert status == 502 and "could not reach endpoint carvana-unet" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "unset", "status", "expected"),
+    [
+        (b'{"content_type": "image/gif"}', None, 415, '"content_type" must be one of image/jpeg, image/png'),
+        (b"", "INPUT_S3_PREFIX", 400, "uploads are not enabled here"),
+    ],
+    ids=["gif", "no-prefix"],
+)
+def test_uploads_refuse_what_cannot_be_masked(
+    lam: ModuleType, env: pytest.MonkeyPatch, body: bytes, unset: str | None, status: int, expected: str
+) -> None:
+    if unset:
+        env.delenv(unset)
+    got_status, message = error_of(lam.handler(upload_event(body), context()))
+    assert got_status == status and expected in message, message
