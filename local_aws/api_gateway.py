@@ -106,6 +106,16 @@ class GatewayConfig:
     credentials: tuple[str, str] | None = None
     region: str = "us-east-1"
 
+    def __post_init__(self) -> None:
+        if self.auth not in ("iam", "none"):
+            raise GatewayError(f"--auth must be iam or none, got {self.auth!r}")
+        if self.auth == "iam" and self.credentials is None:
+            raise GatewayError(
+                "--auth iam needs the key pair requests are signed with: --access-key-id and "
+                "--secret-access-key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); "
+                "--auth none serves unsigned requests"
+            )
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GatewayConfig:
         """Validate the parsed arguments; GatewayError names the option that is wrong."""
@@ -117,17 +127,9 @@ class GatewayConfig:
             routes.append((method.upper(), path.strip()))
         if args.timeout <= 0:
             raise GatewayError(f"--timeout must be positive (seconds), got {args.timeout}")
-        credentials = None
-        if args.auth == "iam":
-            key = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
-            secret = args.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
-            if not (key and secret):
-                raise GatewayError(
-                    "--auth iam needs the key pair requests are signed with: --access-key-id and "
-                    "--secret-access-key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); "
-                    "--auth none serves unsigned requests"
-                )
-            credentials = (key, secret)
+        key = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = args.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        credentials = (key, secret) if args.auth == "iam" and key and secret else None
         return cls(
             handler_path=Path(args.handler),
             function=args.function,
@@ -459,7 +461,7 @@ class Gateway:
             return message_response(404, "Not Found")
         caller = None
         if self.config.auth == "iam":
-            assert self.config.credentials is not None  # from_args insists
+            assert self.config.credentials is not None  # __post_init__ insists
             refusal = verify_sigv4(request, self.config.credentials, self.config.region)
             if refusal is not None:
                 return message_response(403, refusal)

@@ -282,6 +282,25 @@ def aws_container_endpoint(
         yield url
 
 
+@pytest.fixture(scope="session")
+def upload_with_grant() -> Callable[[dict, str, bytes, str], None]:
+    """``upload_with_grant(grant, filename, data, content_type)``: send a file with a ``POST /uploads``
+    grant as a browser or a studio tool would, multipart/form-data over real HTTP (fields first,
+    the file last, as S3 requires); asserts S3's 204."""
+    import requests
+
+    def upload(grant: dict, filename: str, data: bytes, content_type: str) -> None:
+        response = requests.post(
+            grant["upload"]["url"],
+            data=grant["upload"]["fields"],
+            files={"file": (filename, data, content_type)},
+            timeout=60,
+        )
+        assert response.status_code == 204, response.text
+
+    return upload
+
+
 @pytest.fixture()
 def s3_bucket(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> tuple[object, str]:
     """A fresh bucket on ``moto_server``; returns ``(boto3 S3 client, bucket name)``.

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +27,6 @@ from pathlib import Path
 import boto3
 import numpy as np
 import pytest
-import requests
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -446,7 +445,7 @@ def test_s3_uri_through_the_gateway_writes_the_result_to_s3(
 
 
 def test_a_presigned_upload_then_the_mask_by_its_key(
-    mask_gateway: str, moto_server: str, car_jpg: Path
+    mask_gateway: str, moto_server: str, car_jpg: Path, upload_with_grant: Callable[..., None]
 ) -> None:
     """A client without AWS credentials for S3: POST /uploads (signed for the API only), upload the
     photo with the presigned POST over real HTTP (moto in server mode checks the policy), then ask
@@ -461,13 +460,7 @@ def test_a_presigned_upload_then_the_mask_by_its_key(
     grant = json.loads(body)
     assert grant["s3_uri"].startswith(f"s3://{BUCKET}/incoming/uploads/") and grant["s3_uri"].endswith(".jpg")
     assert grant["expires_in"] == 300 and grant["upload"]["url"].startswith(moto_server)
-    upload = requests.post(
-        grant["upload"]["url"],
-        data=grant["upload"]["fields"],
-        files={"file": ("car.jpg", car_jpg.read_bytes(), "image/jpeg")},
-        timeout=60,
-    )
-    assert upload.status_code == 204, upload.text
+    upload_with_grant(grant, "car.jpg", car_jpg.read_bytes(), "image/jpeg")
     request = json.dumps({"s3_uri": grant["s3_uri"], "format": "json"}).encode()
     status, _, body = post(f"{mask_gateway}/mask", request, {"Content-Type": "application/json"}, KEYS)
     assert status == 200, body

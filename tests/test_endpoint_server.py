@@ -293,13 +293,21 @@ BAD_INPUTS = [
     ("bomb", "bomb", "image/png", "image/png", 413, "refused from its header before decoding"),
     ("json", b'{"instances": "x"}', "application/json", "image/png", 400, 'non-empty "instances" list'),
 ]
-
-
-@pytest.mark.parametrize(
+with_bad_inputs = pytest.mark.parametrize(
     ("body", "content_type", "accept", "status", "message"),
     [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
+
+
+def bad_body(body: bytes | str | None, photo: bytes, png_header: Callable[[int, int], bytes]) -> bytes:
+    """A BAD_INPUTS body: None is the good photo (sent with a bad header), "bomb" a PNG claiming 8.1 GP."""
+    if body is None:
+        return photo
+    return png_header(90000, 90000) if body == "bomb" else body  # type: ignore[return-value]
+
+
+@with_bad_inputs
 def test_bad_input_is_4xx_with_its_message(
     served_endpoint: str,
     photo: bytes,
@@ -311,7 +319,7 @@ def test_bad_input_is_4xx_with_its_message(
     status: int,
     message: str,
 ) -> None:
-    body = photo if body is None else png_header(90000, 90000) if body == "bomb" else body
+    body = bad_body(body, photo, png_header)
     response = invocations(served_endpoint, body, content_type, accept)
     assert response.status_code == status
     answer = response.json()
@@ -334,11 +342,7 @@ def test_bad_input_is_4xx_with_its_message(
     np.testing.assert_array_equal(png_array(invocations(served_endpoint, photo).content), reference_mask)
 
 
-@pytest.mark.parametrize(
-    ("body", "content_type", "accept", "status", "message"),
-    [case[1:] for case in BAD_INPUTS],
-    ids=[case[0] for case in BAD_INPUTS],
-)
+@with_bad_inputs
 def test_the_aws_container_answers_every_handler_error_500_with_the_document_inside(
     aws_container_endpoint: str,
     photo: bytes,
@@ -351,7 +355,7 @@ def test_the_aws_container_answers_every_handler_error_500_with_the_document_ins
 ) -> None:
     """As python_service.py: 500 and ``{"error": str(e)}``; str(e) is the handler's error document,
     so the status it meant (and the request id from the custom attribute) can be read back."""
-    body = photo if body is None else png_header(90000, 90000) if body == "bomb" else body
+    body = bad_body(body, photo, png_header)
     headers = {"X-Amzn-SageMaker-Custom-Attributes": "carvana-request-id=req-9"}
     response = invocations(aws_container_endpoint, body, content_type, accept, **headers)
     assert response.status_code == 500 and set(response.json()) == {"error"}

@@ -29,7 +29,6 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
-import requests
 from botocore.exceptions import ClientError
 from PIL import Image
 
@@ -740,7 +739,11 @@ def upload_event(body: bytes = b"", content_type: str = "application/json") -> d
 
 
 def test_uploads_hand_out_a_presigned_post_under_the_input_prefix(
-    lam: ModuleType, env: pytest.MonkeyPatch, moto_s3: str, photo: bytes
+    lam: ModuleType,
+    env: pytest.MonkeyPatch,
+    moto_s3: str,
+    photo: bytes,
+    upload_with_grant: Callable[..., None],
 ) -> None:
     """The grant works over real HTTP against moto in server mode, and the mask request by its key
     then reads the uploaded photo (the endpoint is unreachable here: 502 proves the photo was read
@@ -755,13 +758,7 @@ def test_uploads_hand_out_a_presigned_post_under_the_input_prefix(
     assert ["content-length-range", 1, 500000] in policy["conditions"]
     buffer = io.BytesIO()
     Image.open(io.BytesIO(photo)).save(buffer, format="PNG")
-    upload = requests.post(
-        grant["upload"]["url"],
-        data=grant["upload"]["fields"],
-        files={"file": ("car.png", buffer.getvalue(), "image/png")},
-        timeout=60,
-    )
-    assert upload.status_code == 204, upload.text
+    upload_with_grant(grant, "car.png", buffer.getvalue(), "image/png")
     status, message = error_of(lam.handler({"s3_uri": grant["s3_uri"]}, context()))
     assert status == 502 and "could not reach endpoint carvana-unet" in message
 

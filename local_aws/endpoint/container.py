@@ -169,7 +169,8 @@ CONTAINER_MODES = ("carvana", "aws")
 def falcon_uncaught_error(accept: str | None) -> tuple[int, bytes, str]:
     """What falcon 3 answers for an exception outside the container's try (its default
     ``_python_error_handler``: HTTPInternalServerError, serialized only for JSON-accepting clients;
-    the TF 2.19 inference image pins falcon 3.1)."""
+    the TF 2.19 inference image pins falcon 3.1). Not reproduced: the XML body falcon writes for
+    clients preferring XML, and Accept weights (the handlers here never answer XML)."""
     ranges = [media_type(item)[0] for item in (accept or "*/*").split(",")]
     if any(r in ("*/*", "application/*", MEDIA_JSON) or r.endswith("+json") for r in ranges):
         return 500, json.dumps({"title": "500 Internal Server Error"}).encode(), MEDIA_JSON
