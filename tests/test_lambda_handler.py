@@ -651,7 +651,12 @@ class FakeRuntimeHandler(BaseHTTPRequestHandler):
         if first == "slow":
             time.sleep(second)
             return
-        body = json.dumps({"message": f"{second} from the fake runtime"}).encode()
+        fields = (
+            {"OriginalStatusCode": 503, "OriginalMessage": '{"error": "busy"}'}
+            if second == "ModelError"
+            else {}
+        )
+        body = json.dumps({"message": f"{second} from the fake runtime", **fields}).encode()
         self.send_response(first)
         self.send_header("x-amzn-ErrorType", second)
         self.send_header("x-amzn-RequestId", "sm-fake-0001")
@@ -682,8 +687,9 @@ def fake_runtime(env: pytest.MonkeyPatch) -> Iterator[FakeRuntime]:
         ((429, "ModelNotReadyException"), 503, "10", "is not ready (ModelNotReadyException)"),
         ((503, "ServiceUnavailable"), 503, "10", "is not ready (ServiceUnavailable)"),
         ((500, "InternalFailure"), 502, None, "endpoint carvana-unet failed"),
+        ((424, "ModelError"), 503, "10", "endpoint carvana-unet could not take the photo: busy"),
     ],
-    ids=["throttled", "not-ready", "unavailable", "internal"],
+    ids=["throttled", "not-ready", "unavailable", "internal", "container-busy"],
 )
 def test_runtime_refusals_keep_their_meaning_with_retry_after(
     lam: ModuleType,
