@@ -20,8 +20,9 @@ computes them, as it computes the JSON answer's box and review flag.
 
 Photos bigger than a synchronous Lambda payload allows (6 MB, and base64 costs a third of it) go
 through S3: the function reads them from ``INPUT_S3_PREFIX`` only, writes the result under
-``OUTPUT_S3_PREFIX`` and answers with its URI. A client without AWS credentials first asks ``POST /uploads`` for a presigned S3 POST under the
-input prefix, uploads there, then asks ``/mask`` for that ``s3_uri``.
+``OUTPUT_S3_PREFIX`` and answers with its URI. A client without AWS credentials first asks
+``POST /uploads`` for a presigned S3 POST under the input prefix, uploads there, then asks ``/mask``
+for that ``s3_uri``.
 
 Every photo is screened from its header before the endpoint is called (trainer.wire.check_photo:
 empty, not JPEG/PNG, over the byte or pixel limit), because on AWS the container turns the
