@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -124,9 +125,10 @@ def test_bad_finish_options_are_400_naming_the_field(
     else:
         document = {"image": base64.b64encode(make_photo()).decode(), "options": body_options}
         body, content_type = json.dumps(document).encode(), "application/json"
-    with pytest.raises(WireError, match=message.replace("[", r"\[")) as err:
+    with pytest.raises(WireError) as err:
         input_handler(io.BytesIO(body), context(content_type, "image/jpeg", attributes=attributes))
     assert err.value.status == 400
+    assert re.search(message.replace("[", r"\["), err.value.message)
 
 
 @pytest.mark.parametrize(
