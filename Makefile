@@ -88,7 +88,7 @@ demo-serve: $(STAMP)
 	    http://127.0.0.1:$(GATEWAY_PORT)/mask -o $(DEMO)/lambda/$${name}_mask.png; \
 	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
-	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=jpeg&backdrop=white&shadow=1&frame=4:3" \
 	    -o $(DEMO)/lambda/$${name}_finished.jpg; \
 	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png, $${name}_finished.jpg"; done; \
