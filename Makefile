@@ -89,7 +89,7 @@ demo-serve: $(STAMP)
 	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
 	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
-	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=jpeg&backdrop=white&shadow=1&frame=4:3" \
+	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?backdrop=white&format=jpeg&frame=4%3A3&shadow=1" \
 	    -o $(DEMO)/lambda/$${name}_finished.jpg; \
 	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png, $${name}_finished.jpg"; done; \
 	echo "finished photos: $(DEMO)/predictions/*_finished.jpg, $(DEMO)/lambda/*_finished.jpg"; \
