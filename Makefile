@@ -73,6 +73,8 @@ demo-evaluate: $(STAMP)
 # the deployed API, only serves SigV4-signed requests: curl signs them with the demo's key pair).
 SERVE_PORT   ?= 8080
 GATEWAY_PORT ?= 3000
+# The finished photo's query is written sorted and percent-encoded (SigV4's canonical form):
+# curl 7.88's --aws-sigv4 signs the query string as written.
 demo-serve: $(STAMP)
 	@set -e; mkdir -p $(DEMO)/lambda; \
 	export ENDPOINT_NAME=carvana-unet AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:$(SERVE_PORT) \
