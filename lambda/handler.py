@@ -12,12 +12,17 @@ Requests it understands (all answered with an API Gateway proxy response dict):
 - direct invocations (``aws lambda invoke``, Step Functions): ``{"image_b64": ..., "format": ...}``
   or ``{"s3_uri": ..., "format": ...}``.
 
-The result format comes from ``?format=png|json|cutout`` (or ``"format"`` in JSON), else from the
-``Accept`` header; the default is the PNG mask. Photos bigger than a synchronous Lambda payload
-allows (6 MB, and base64 costs a third of it) go through S3: the function reads them from
-``INPUT_S3_PREFIX`` only, writes the result under ``OUTPUT_S3_PREFIX`` and answers with its URI.
-A client without AWS credentials first asks ``POST /uploads`` for a presigned S3 POST under the
-input prefix, uploads there, then asks ``/mask`` for that ``s3_uri``.
+The result format comes from ``?format=png|json|cutout|jpeg|finished-png`` (or ``"format"`` in
+JSON), else from the ``Accept`` header; the default is the PNG mask. ``jpeg`` / ``finished-png`` are
+finished photos: their options (``?backdrop=white&shadow=1&frame=4:3&margin=0.08``, or a JSON
+``"options"`` object) are checked and passed to the endpoint as CustomAttributes; the endpoint
+computes them, as it computes the JSON answer's box and review flag.
+
+Photos bigger than a synchronous Lambda payload allows (6 MB, and base64 costs a third of it) go
+through S3: the function reads them from ``INPUT_S3_PREFIX`` only, writes the result under
+``OUTPUT_S3_PREFIX`` and answers with its URI. A client without AWS credentials first asks
+``POST /uploads`` for a presigned S3 POST under the input prefix, uploads there, then asks ``/mask``
+for that ``s3_uri``.
 
 Every photo is screened from its header before the endpoint is called (trainer.wire.check_photo:
 empty, not JPEG/PNG, over the byte or pixel limit), because on AWS the container turns the
@@ -43,7 +48,14 @@ from typing import Any
 
 from mask_aws import invoke_endpoint, presigned_upload, read_s3_photo, write_result
 from mask_config import ConfigError, HandlerConfig, S3Location, endpoint_budget
-from mask_request import choose_format, parse_event, photo_or_location, upload_content_type, wants_upload
+from mask_request import (
+    choose_format,
+    finish_options,
+    parse_event,
+    photo_or_location,
+    upload_content_type,
+    wants_upload,
+)
 from mask_response import error_response, json_response, request_logger, result_response
 
 from trainer.wire import WireError, check_photo
@@ -65,7 +77,10 @@ def serve(event: object, context: Any, config: HandlerConfig, record: dict[str, 
         return json_response(200, upload)
     photo = photo_or_location(request, config)
     fmt = choose_format(request)
+    attributes = finish_options(request)
     record["format"] = fmt.query
+    if attributes:
+        record["options"] = attributes
     location = photo if isinstance(photo, S3Location) else None
     if location is not None:
         record["input_uri"] = location.uri
@@ -76,7 +91,7 @@ def serve(event: object, context: Any, config: HandlerConfig, record: dict[str, 
     record["pixels"] = header.pixels
     request_id = record.get("request_id")
     result = invoke_endpoint(
-        photo, header.media_type, fmt, config, endpoint_budget(context, config), request_id
+        photo, header.media_type, fmt, config, endpoint_budget(context, config), request_id, attributes
     )
     record["sagemaker_request_id"] = result.sagemaker_request_id
     if location is None:

@@ -27,6 +27,8 @@ OUTPUT_SUFFIXES = {
     OutputFormat.MASK_PNG: ".mask.png",
     OutputFormat.RLE_JSON: ".rle.json",
     OutputFormat.CUTOUT_PNG: ".cutout.png",
+    OutputFormat.FINISHED_JPEG: ".finished.jpg",
+    OutputFormat.FINISHED_PNG: ".finished.png",
 }
 # Presigned uploads land here, below INPUT_S3_PREFIX, under a random name.
 UPLOADS_FOLDER = "uploads/"
@@ -89,12 +91,16 @@ def invoke_endpoint(
     config: HandlerConfig,
     timeout_s: int,
     request_id: str | None,
+    attributes: str = "",
 ) -> Result:
     """One invoke_endpoint call within ``timeout_s``; its failures become WireErrors (endpoint_error).
 
-    The function's request id goes along as a custom attribute, so the handler's error names it.
+    The function's request id goes along as a custom attribute, so the handler's error names it, and
+    so do the finished photo's options (``attributes``, trainer.wire.FinishOptions.attributes()).
     """
-    extra = {"CustomAttributes": f"{REQUEST_ID_ATTRIBUTE}={request_id}"} if request_id else {}
+    pairs = [f"{REQUEST_ID_ATTRIBUTE}={request_id}" if request_id else "", attributes]
+    custom = ",".join(pair for pair in pairs if pair)
+    extra = {"CustomAttributes": custom} if custom else {}
     try:
         response = runtime_client(config, timeout_s).invoke_endpoint(
             EndpointName=config.endpoint_name, Body=photo, ContentType=content_type, Accept=fmt.value, **extra

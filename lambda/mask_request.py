@@ -17,6 +17,7 @@ from trainer.wire import (
     LAMBDA_PAYLOAD_LIMIT,
     MEDIA_JSON,
     PHOTO_CONTENT_TYPES,
+    FinishOptions,
     OutputFormat,
     WireError,
     b64decode,
@@ -48,6 +49,24 @@ class Request:
     format: str | None  # ?format=, else the JSON body's "format"; wins over Accept
     body: bytes
     fields: dict[str, Any] = field(default_factory=dict)  # a JSON body's or direct invocation's keys
+    query: dict[str, str] = field(default_factory=dict)  # the query string's parameters
+
+
+def finish_options(request: Request) -> str:
+    """The finished photo's options as the endpoint's custom attributes header ("" for none).
+
+    From the query string (``?backdrop=white&shadow=1&frame=4:3``; ``format`` aside) and a JSON
+    body's ``"options"`` object, checked here with the endpoint's own parser so a bad field is a 400
+    naming it before the endpoint is called; the endpoint computes, this only passes them on.
+    """
+    values: dict[str, Any] = {key: value for key, value in request.query.items() if key != "format"}
+    from_json = request.fields.get("options", {})
+    if not isinstance(from_json, dict):
+        raise WireError(f'JSON field "options" must be an object, got {type(from_json).__name__}')
+    values.update(from_json)
+    if not values:
+        return ""
+    return FinishOptions.parse(values, "the query string and JSON options").attributes()
 
 
 def _lower_keys(headers: dict[str, Any] | None) -> dict[str, str]:
@@ -98,6 +117,7 @@ def parse_event(event: object) -> Request:
         format=_opt_str(query.get("format") or fields.get("format")),
         body=body,
         fields=fields,
+        query={str(key): str(value) for key, value in query.items()},
     )
 
 

@@ -231,7 +231,7 @@ print(bad["statusCode"], json.loads(bad["body"])["error"])
     assert result.returncode == 0, result.stderr
     wire_file, answer = result.stdout.splitlines()[-2:]
     assert Path(wire_file) == built_package / "trainer" / "wire.py"
-    assert answer == "400 format must be one of png, json, cutout; got 'gif'"
+    assert answer == "400 format must be one of png, json, cutout, jpeg, finished-png; got 'gif'"
 
 
 # ---- configuration -----------------------------------------------------------------------------
@@ -454,17 +454,21 @@ def photo(sample_data: Path) -> bytes:
     return sorted((sample_data / "train").glob("*.jpg"))[0].read_bytes()
 
 
-@pytest.fixture(scope="module")
-def expected_mask(photo: bytes, served_endpoint: str) -> np.ndarray:
-    """The endpoint's own mask for ``photo`` via boto3, which every Lambda route must reproduce."""
-    runtime = boto3.client(
+def runtime_client(served_endpoint: str) -> Any:
+    """boto3's SageMaker Runtime client pointed at the served endpoint."""
+    return boto3.client(
         "sagemaker-runtime",
         endpoint_url=served_endpoint,
         region_name="us-east-1",
         aws_access_key_id="test",
         aws_secret_access_key="test",
     )
-    answer = runtime.invoke_endpoint(
+
+
+@pytest.fixture(scope="module")
+def expected_mask(photo: bytes, served_endpoint: str) -> np.ndarray:
+    """The endpoint's own mask for ``photo`` via boto3, which every Lambda route must reproduce."""
+    answer = runtime_client(served_endpoint).invoke_endpoint(
         EndpointName="carvana-unet", Body=photo, ContentType="image/jpeg", Accept="image/png"
     )
     return png_pixels(answer["Body"].read())
@@ -544,6 +548,48 @@ def test_direct_invocation_gets_the_rgba_cutout(
     assert cutout.shape == (128, 192, 4)
     np.testing.assert_array_equal(cutout[..., 3], expected_mask)
     assert cutout[cutout[..., 3] == 0].max(initial=0) == 0  # nothing of the studio under alpha 0
+
+
+@pytest.mark.parametrize("via", ["query", "json-options"])
+def test_finished_photo_options_pass_through_to_the_endpoint(
+    lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes, served_endpoint: str, via: str
+) -> None:
+    options = {"backdrop": "#0a3cc8", "shadow": "1", "frame": "4:3"}
+    if via == "query":
+        event = v2_event(photo, "image/jpeg", query={"format": "finished-png", **options})
+    else:
+        event = {"image_b64": base64.b64encode(photo).decode(), "format": "finished-png", "options": options}
+    finished = image_body(lam.handler(event, context()), "image/png; variant=finished")
+    # What the endpoint answers for those options as custom attributes: the Lambda computed nothing.
+    direct = (
+        runtime_client(served_endpoint)
+        .invoke_endpoint(
+            EndpointName="carvana-unet",
+            Body=photo,
+            ContentType="image/jpeg",
+            Accept="image/png; variant=finished",
+            CustomAttributes="backdrop=0a3cc8,shadow=1,frame=1.3333333333333333",
+        )["Body"]
+        .read()
+    )
+    assert finished == direct
+
+
+def test_json_answer_carries_box_and_review(lam: ModuleType, live: pytest.MonkeyPatch, photo: bytes) -> None:
+    response = lam.handler(
+        v2_event(photo, "image/jpeg", query={"format": "json", "review_threshold": "0.5"}), context()
+    )
+    answer = json.loads(response["body"])
+    assert {"box", "review"} <= set(answer) and set(answer["review"]) >= {"needs_review", "confidence"}
+
+
+def test_bad_finish_options_are_400_naming_each_field(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
+    event = v2_event(JPEG_HEAD, "image/jpeg", query={"format": "jpeg", "backdrop": "pink", "margin": "lots"})
+    response = lam.handler(event, context())
+    assert response["statusCode"] == 400
+    error = json.loads(response["body"])["error"]
+    assert "backdrop must be white, black, grey, or #rrggbb; got 'pink'" in error
+    assert "margin must be a number in [0, 0.45]; got 'lots'" in error
 
 
 def test_s3_photo_result_goes_to_the_output_prefix(

@@ -66,14 +66,18 @@ def test_unacceptable_accept_is_406_with_vary_and_the_choices() -> None:
     assert (err.value.status, err.value.headers) == (406, {"Vary": "Accept"})
     assert err.value.message == (
         "Accept 'text/html, application/json;q=0' is not supported: ask for 'image/png' (mask), "
-        "'application/json' (RLE) or 'image/png; variant=cutout' (RGBA cut-out)"
+        "'application/json' (RLE), 'image/png; variant=cutout' (RGBA cut-out), 'image/jpeg' or "
+        "'image/png; variant=finished' (finished photo)"
     )
 
 
 def test_query_names() -> None:
-    assert [f.query for f in OutputFormat] == ["png", "json", "cutout"]
+    assert [f.query for f in OutputFormat] == ["png", "json", "cutout", "jpeg", "finished-png"]
     assert OutputFormat.from_query("cutout") is OutputFormat.CUTOUT_PNG
-    with pytest.raises(WireError, match=r"format must be one of png, json, cutout; got 'gif'") as err:
+    assert OutputFormat.from_query("jpeg") is OutputFormat.FINISHED_JPEG
+    with pytest.raises(
+        WireError, match=r"format must be one of png, json, cutout, jpeg, finished-png; got 'gif'"
+    ) as err:
         OutputFormat.from_query("gif")
     assert err.value.status == 400
 
