@@ -63,13 +63,18 @@ demo-evaluate: $(STAMP)
 	rm -rf $(DEMO)/photos && mkdir -p $(DEMO)/photos && car=$$($(BIN)/python -c "import json; \
 	  print(json.load(open('$(DEMO)/tfrecords/manifest.json'))['splits']['validation']['cars'][0])") && \
 	  for n in 01 05 09 13; do cp $(DEMO)/data/train/$${car}_$$n.jpg $(DEMO)/photos/; done
+	@# Masks, cut-outs and the studio's output: finished photos on white with a ground shadow, framed
+	@# 4:3 at one scale per car, predictions.csv (box, review flag), cars.json and the review page.
 	$(CARVANA) predict $(DEMO)/photos --model $(MODEL_TAR) --cutout \
-	  --out $(DEMO)/predictions
+	  --finished jpeg --backdrop white --shadow --frame 4:3 --margin 0.08 --out $(DEMO)/predictions
 	$(CARVANA) package --model-dir $(DEMO)/jobs/latest/opt/ml/model --out $(DEMO)/model.tar.gz
 
-# The user's last step: serve the model, call the Lambda through the local API gateway.
+# The user's last step: serve the model, call the Lambda through the local API gateway (which, like
+# the deployed API, only serves SigV4-signed requests: curl signs them with the demo's key pair).
 SERVE_PORT   ?= 8080
 GATEWAY_PORT ?= 3000
+# The finished photo's query is written sorted and percent-encoded (SigV4's canonical form):
+# curl 7.88's --aws-sigv4 signs the query string as written.
 demo-serve: $(STAMP)
 	@set -e; mkdir -p $(DEMO)/lambda; \
 	export ENDPOINT_NAME=carvana-unet AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME=http://127.0.0.1:$(SERVE_PORT) \
@@ -79,12 +84,18 @@ demo-serve: $(STAMP)
 	trap 'kill $$srv $$gw 2>/dev/null; wait $$srv $$gw 2>/dev/null' EXIT; \
 	for i in $$(seq 240); do curl -sf -o /dev/null http://127.0.0.1:$(SERVE_PORT)/ping && \
 	  curl -s -o /dev/null http://127.0.0.1:$(GATEWAY_PORT)/ && break; sleep 0.5; done; \
+	sign='--aws-sigv4 aws:amz:us-east-1:execute-api --user local:local'; \
 	for photo in $(DEMO)/photos/*.jpg; do name=$$(basename $$photo .jpg); \
-	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    http://127.0.0.1:$(GATEWAY_PORT)/mask -o $(DEMO)/lambda/$${name}_mask.png; \
-	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
-	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png"; done
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?backdrop=white&format=jpeg&frame=4%3A3&shadow=1" \
+	    -o $(DEMO)/lambda/$${name}_finished.jpg; \
+	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png, $${name}_finished.jpg"; done; \
+	echo "finished photos: $(DEMO)/predictions/*_finished.jpg, $(DEMO)/lambda/*_finished.jpg"; \
+	echo "review page: $(DEMO)/predictions/review/index.html (summary: $(DEMO)/predictions/summary.json)"
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache .ruff_cache *.egg-info

@@ -52,7 +52,7 @@ HANDLERS = REPO / "serving" / "inference.py"
 # "loading modules in code/lib, ignoring requirements.txt"), and Pillow would never be installed.
 DEPENDENCIES = ("numpy>=1.26", "Pillow>=10")
 REQUIREMENTS = "".join(f"{line}\n" for line in DEPENDENCIES)
-VENDORED = ("trainer/__init__.py", "trainer/wire.py")
+VENDORED = ("trainer/__init__.py", "trainer/wire.py", "trainer/studio.py")
 # The TF 2.19 inference image: Python 3.12.10 on Ubuntu 22.04 (glibc 2.35), x86_64 (aws-facts Q2).
 IMAGE_PYTHON = "3.12"
 IMAGE_MACHINE = "x86_64"

@@ -51,7 +51,14 @@ def test_layout_and_signatures(exported):
     _, export_dir, loaded = exported
     assert export_dir.parts[-2:] == (MODEL_NAME, "1")
     assert (export_dir / "saved_model.pb").is_file() and (export_dir / "variables").is_dir()
-    assert set(loaded.signatures) == {"serving_default", "mask_png", "mask_png_tta", "predict_images"}
+    assert set(loaded.signatures) == {
+        "serving_default",
+        "mask_png",
+        "mask_png_tta",
+        "alpha_png",
+        "alpha_png_tta",
+        "predict_images",
+    }
     inputs = {name: sig.structured_input_signature[1] for name, sig in loaded.signatures.items()}
     assert inputs["serving_default"]["image_bytes"].dtype == tf.string
     assert inputs["mask_png"]["image_bytes"].shape.as_list() == [None]
@@ -119,6 +126,30 @@ def test_mask_png_answers_each_photo_at_its_own_size(exported):
         assert fraction == pytest.approx((values == 255).mean(), abs=1e-6)
         single = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(image)]))
         np.testing.assert_array_equal(values // 255, single["mask"].numpy()[0])
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_alpha_png_is_the_probabilities_beside_mask_pngs_own_mask(exported, tta):
+    _, _, loaded = exported
+    photos = [photo(150, 230, 1), photo(61, 77, 2)]
+    inputs = {"image_bytes": tf.constant([encode(p) for p in photos]), "orientation": tf.constant([1, 6])}
+    alpha = loaded.signatures["alpha_png_tta" if tta else "alpha_png"](**inputs)
+    mask = loaded.signatures["mask_png_tta" if tta else "mask_png"](**inputs)
+    for key in ("mask_png_bytes", "height", "width", "car_fraction"):
+        np.testing.assert_array_equal(alpha[key].numpy(), mask[key].numpy())
+    assert alpha["height"].numpy().tolist() == [150, 77]  # orientation 6: shown turned
+    for png, mask_png, disagreement in zip(
+        alpha["alpha_png_bytes"].numpy(),
+        mask["mask_png_bytes"].numpy(),
+        alpha["flip_disagreement"].numpy(),
+        strict=True,
+    ):
+        values = np.asarray(Image.open(io.BytesIO(png)))
+        binary = np.asarray(Image.open(io.BytesIO(mask_png))) // 255
+        assert len(np.unique(values)) > 2  # soft: not a 0/255 mask
+        # 8-bit probabilities: >= 128 is p >= 0.502, the mask is p > 0.5 (the one at 0.5..0.502 aside)
+        assert np.mean((values >= 128) != binary) < 1e-3
+        assert 0.0 <= disagreement <= 1.0
 
 
 def test_full_size_carvana_photo(exported, real_data):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -24,17 +25,32 @@ from serving.inference import (
     negotiate_output,
     output_handler,
 )
-from trainer.wire import MAX_PIXELS, MEDIA_CUTOUT_PNG, OutputFormat, PhotoLimits, WireError, rle_decode
+from trainer.wire import (
+    MAX_PIXELS,
+    MEDIA_CUTOUT_PNG,
+    OutputFormat,
+    PhotoLimits,
+    WireError,
+    parse_error_document,
+    rle_decode,
+)
 
 
-def context(content_type: str = "image/jpeg", accept: str = "image/png", rest_uri: str = "") -> Context:
+def context(
+    content_type: str = "image/jpeg",
+    accept: str = "image/png",
+    rest_uri: str = "",
+    attributes: str | None = None,
+) -> Context:
     """The container's Context as python_service builds it for a request."""
-    return Context("unet", None, None, rest_uri, None, None, None, content_type, accept, None)
+    return Context("unet", None, None, rest_uri, None, None, attributes, content_type, accept, None)
 
 
-def round_trip(url: str, photo: bytes, content_type: str, accept: str, body: Any = None) -> tuple[bytes, str]:
+def round_trip(
+    url: str, photo: bytes, content_type: str, accept: str, body: Any = None, attributes: str | None = None
+) -> tuple[bytes, str]:
     """input_handler -> real POST to TF Serving -> output_handler, as python_service chains them."""
-    ctx = context(content_type, accept, f"{url}/v1/models/unet:predict")
+    ctx = context(content_type, accept, f"{url}/v1/models/unet:predict", attributes)
     processed = input_handler(io.BytesIO(photo if body is None else body), ctx)
     return output_handler(requests.post(ctx.rest_uri, data=processed, timeout=60), ctx)
 
@@ -52,6 +68,8 @@ def round_trip(url: str, photo: bytes, content_type: str, accept: str, body: Any
         ("application/json, image/png; variant=cutout", OutputFormat.RLE_JSON),
         ("application/*", OutputFormat.RLE_JSON),
         ("image/png;q=0, image/*;q=0.2", OutputFormat.MASK_PNG),
+        ("image/jpeg", OutputFormat.FINISHED_JPEG),
+        ("image/png; variant=finished", OutputFormat.FINISHED_PNG),
     ],
 )
 def test_accept_negotiation(accept: str, expected: OutputFormat) -> None:
@@ -74,6 +92,43 @@ def test_input_handler_sends_the_photo_bytes_to_mask_png(make_photo, content_typ
     assert request["signature_name"] == "mask_png"
     assert base64.b64decode(request["instances"][0]["image_bytes"]["b64"]) == photo
     assert request["instances"][0]["orientation"] == 1  # no EXIF: as stored
+
+
+@pytest.mark.parametrize("accept", ["application/json", "image/jpeg", "image/png; variant=finished"])
+def test_json_and_finished_photos_ask_alpha_png(make_photo, accept: str) -> None:
+    request = json.loads(input_handler(io.BytesIO(make_photo()), context(accept=accept)))
+    assert request["signature_name"] == "alpha_png"
+
+
+@pytest.mark.parametrize(
+    ("attributes", "body_options", "message"),
+    [
+        (
+            "backdrop=pink",
+            None,
+            "bad finish options in custom attributes: backdrop must be white, black, grey",
+        ),
+        ("carvana-request-id=r1,shadow=perhaps", None, "custom attributes: shadow must be true or false"),
+        (
+            None,
+            {"margin": 2, "frame": "wide"},
+            r'in JSON field "options": margin must be .*; frame must be an aspect',
+        ),
+        (None, {"colour": "red"}, "unknown option 'colour'"),
+    ],
+)
+def test_bad_finish_options_are_400_naming_the_field(
+    make_photo, attributes, body_options, message: str
+) -> None:
+    if body_options is None:
+        body, content_type = make_photo(), "image/jpeg"
+    else:
+        document = {"image": base64.b64encode(make_photo()).decode(), "options": body_options}
+        body, content_type = json.dumps(document).encode(), "application/json"
+    with pytest.raises(WireError) as err:
+        input_handler(io.BytesIO(body), context(content_type, "image/jpeg", attributes=attributes))
+    assert err.value.status == 400
+    assert re.search(message.replace("[", r"\["), err.value.message)
 
 
 @pytest.mark.parametrize(
@@ -111,7 +166,11 @@ def test_bad_requests_name_what_was_wrong(content_type: str, body: bytes, status
     with pytest.raises(WireError) as err:
         input_handler(io.BytesIO(body), context(content_type))
     assert err.value.status == status
-    assert message in str(err.value)
+    assert message in err.value.message
+    # str() is what survives the real container's {"error": str(e)}: the whole error document.
+    document = parse_error_document(json.dumps({"error": str(err.value)}))
+    assert document is not None and document.status == status and message in document.message
+    assert document.request_id and len(document.request_id) == 32  # none sent: the handler made one
 
 
 def test_formats_the_model_cannot_read_are_415(make_photo) -> None:
@@ -143,7 +202,7 @@ def test_decompression_bombs_are_refused_from_the_header(
 ) -> None:
     bomb = png_header(width, height)
     assert len(bomb) < 1000
-    with pytest.raises(WireError, match=message) as err:
+    with pytest.raises(WireError, match=message.replace("[", r"\[")) as err:
         input_handler(io.BytesIO(bomb), context("image/png"))
     assert err.value.status == 413
 
@@ -200,3 +259,56 @@ def test_tf_serving_errors_reach_the_caller_with_their_status(served_endpoint: s
     with pytest.raises(WireError, match=expected) as err:
         output_handler(response, ctx)
     assert err.value.status == 404
+
+
+def test_finished_photos_and_json_box_and_review_are_the_offline_ones(
+    served_endpoint: str, tiny_saved_model, make_photo
+) -> None:
+    from trainer import studio
+    from trainer.saved_model_io import open_model
+    from trainer.wire import FinishOptions
+
+    photo = make_photo(height=70, width=110, seed=3)
+    with open_model(tiny_saved_model) as model:
+        (offline,) = model.alphas([photo])
+    probabilities = studio.decode_alpha_png(offline["alpha_png_bytes"])
+
+    body, media = round_trip(served_endpoint, photo, "image/jpeg", "application/json")
+    answer = json.loads(body)
+    analysis = studio.analyse(
+        offline["alpha_png_bytes"], flip_disagreement=offline["flip_disagreement"], options=FinishOptions()
+    )
+    assert answer["box"] == analysis.fields()["box"]
+    assert answer["review"] == pytest.approx(analysis.fields()["review"], abs=1e-4)
+    assert set(answer["review"]) == {
+        "needs_review",
+        "confidence",
+        "flip_disagreement",
+        "fragments",
+        "uncertain",
+    }
+
+    attributes = "backdrop=0a3cc8,shadow=1,frame=4:3,tfs-model-name=unet"
+    finished, media = round_trip(
+        served_endpoint, photo, "image/jpeg", "image/png; variant=finished", attributes=attributes
+    )
+    assert media == "image/png; variant=finished"
+    options = FinishOptions(backdrop=(10, 60, 200), shadow=True, frame=4 / 3)
+    assert finished == studio.finish(photo, probabilities, options=options, jpeg=False)
+    image = np.asarray(Image.open(io.BytesIO(finished)))
+    if answer["box"] is not None:
+        assert image.shape[1] / image.shape[0] == pytest.approx(4 / 3, abs=0.02)
+
+    document = {"image": base64.b64encode(photo).decode(), "options": {"backdrop": "white", "quality": 90}}
+    jpeg, media = round_trip(
+        served_endpoint,
+        photo,
+        "application/json",
+        "image/jpeg",
+        body=json.dumps(document).encode(),
+        attributes="backdrop=black,shadow=1",
+    )
+    assert media == "image/jpeg" and jpeg.startswith(b"\xff\xd8")
+    # The JSON's white wins over the header's black; the header's shadow stays.
+    expected = studio.finish(photo, probabilities, options=FinishOptions(shadow=True, quality=90), jpeg=True)
+    assert jpeg == expected

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -142,3 +144,149 @@ def test_errors_name_the_file(
     assert main([str(broken), *model]) == 2
     assert f"{broken / 'zz_truncated.jpg'}: cannot read image" in capsys.readouterr().err
     assert not (tmp_path / "out" / "submission.csv").exists(), "no half-written submission"
+
+
+# --- a folder of many cars: reports, resume, the review page ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cars_folder(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample's 3 cars x 16 views (Kaggle names), as a studio's day of photos."""
+    folder = tmp_path_factory.mktemp("cars")
+    for path in sorted((sample_data / "train").glob("*.jpg")):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+FINISH = ["--finished", "jpeg", "--shadow", "--frame", "4:3", "--margin", "0.1"]
+
+
+def test_folder_of_cars_resumes_after_an_interruption(
+    tiny_saved_model: Path, cars_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import predict as predict_module
+
+    argv = [str(cars_folder), "--model", str(tiny_saved_model), *FINISH]
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+
+    # The second car raises mid-way (a Ctrl-C): its photos and the reports are not there, nothing is
+    # half-written, and the rerun does only what is missing.
+    original, calls = predict_module.Run.car, []
+
+    def interrupted(self, model, paths):  # type: ignore[no-untyped-def]
+        calls.append(len(paths))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, model, paths)
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(predict_module.Run, "car", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        predict_module.predict(
+            predict_module.PredictConfig.from_args(
+                predict_module.build_parser().parse_args([*argv, "--out", str(out)])
+            )
+        )
+    monkeypatch.setattr(predict_module.Run, "car", original)
+    assert len(list(out.glob("*_finished.jpg"))) == 16 and not (out / "predictions.csv").exists()
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+    assert main([*argv, "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["photos"], summary["cars"], summary["skipped_as_done"]) == (48, 3, 16)
+    assert read_csv(out / "predictions.csv") == read_csv(tmp_path / "whole" / "predictions.csv")
+    assert (out / "cars.json").read_text() == (tmp_path / "whole" / "cars.json").read_text()
+    for finished in (tmp_path / "whole").glob("*_finished.jpg"):
+        assert (out / finished.name).read_bytes() == finished.read_bytes()
+
+    # Once more: every car is done, the model is not even loaded.
+    assert main([*argv, "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_as_done"] == 48
+    # Other options: redone.
+    assert main([*argv, "--out", str(out), "--backdrop", "black"]) == 0
+    assert json.loads((out / "summary.json").read_text())["skipped_as_done"] == 0
+
+
+def test_folder_reports_box_review_cars_and_framing(
+    tiny_saved_model: Path, cars_folder: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert main([str(cars_folder), "--model", str(tiny_saved_model), "--out", str(out), *FINISH]) == 0
+    rows = read_csv(out / "predictions.csv")
+    assert [r["photo"] for r in rows] == sorted(p.name for p in cars_folder.glob("*.jpg"))
+    cars = json.loads((out / "cars.json").read_text())
+    assert len(cars) == 3 and all(car["views"] == 16 and car["missing_views"] == [] for car in cars.values())
+    sizes = {}
+    for row in rows:
+        mask = read_png(out / f"{Path(row['photo']).stem}_mask.png")[1] > 0
+        if not mask.any():
+            continue
+        # The box in pixels and relative matches the mask (within the soft edge's pixel).
+        ys, xs = np.nonzero(mask)
+        assert abs(int(row["box_x"]) - xs.min()) <= 2 and abs(int(row["box_y"]) - ys.min()) <= 2
+        assert float(row["box_rel_width"]) == pytest.approx(
+            int(row["box_width"]) / int(row["width"]), abs=1e-4
+        )
+        assert row["needs_review"] in {"0", "1"} and 0 <= float(row["confidence"]) <= 1
+        with Image.open(out / f"{Path(row['photo']).stem}_finished.jpg") as finished:
+            sizes.setdefault(row["car"], set()).add(finished.size)
+    # Framed 4:3, and every view of a car at one scale: one frame size per car.
+    for car, car_sizes in sizes.items():
+        assert len(car_sizes) == 1, car
+        ((width, height),) = car_sizes
+        assert width / height == pytest.approx(4 / 3, abs=0.01)
+
+
+def chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium installed (apt-get install -y chromium)")
+
+
+def test_review_page_shows_the_flagged_photos_in_chromium(
+    tiny_saved_model: Path, cars_folder: Path, tmp_path: Path
+) -> None:
+    import subprocess
+
+    out = tmp_path / "out"
+    assert main([str(cars_folder), "--model", str(tiny_saved_model), "--out", str(out), "--no-masks"]) == 0
+    rows = read_csv(out / "predictions.csv")
+    flagged = {r["photo"] for r in rows if r["needs_review"] == "1" or r["car_check"]}
+    assert flagged, "the untrained model's photos should need review"
+    page = out / "review" / "index.html"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=5000",
+    ]
+    dom = subprocess.run(
+        [chromium(), *flags, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    shown = set(re.findall(r'<figure class="photo" data-photo="([^"]+)"', dom))
+    assert shown == flagged
+    assert f"{len(flagged)} of {len(rows)} photos need review" in dom
+    # The thumbnails render, with the mask's red outline on them.
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [chromium(), *flags, "--window-size=1100,900", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    red = (pixels[..., 0] > 200) & (pixels[..., 1] < 90) & (pixels[..., 2] < 120)
+    assert red.sum() > 200

@@ -21,6 +21,13 @@ Its signatures, which serving, evaluation and prediction rely on:
 - ``mask_png_tta``: as ``mask_png``, with each photo's probabilities averaged with those of its
   mirror image (flipped back): test-time augmentation inside the graph, so ``carvana evaluate
   --tta`` decodes and resizes the photo exactly as the endpoint does
+- ``alpha_png`` / ``alpha_png_tta``: the inputs of ``mask_png`` -> ``alpha_png_bytes`` string [B]
+  (the car probability at the photo's displayed size as an 8-bit grey PNG, round(255 p): the soft
+  edge of a finished photo), ``mask_png_bytes``/``height``/``width``/``car_fraction`` exactly as
+  ``mask_png`` (``mask_png_tta``) answers them, and ``flip_disagreement`` float32 [B]: 1 - Dice
+  between the masks of the photo and of its mirror image (flipped back), a confidence signal the
+  review flag uses (trainer/studio.py). The mirror pass runs either way; with ``_tta`` the
+  probabilities are their mean.
 - ``predict_images``: ``images`` float32 [B,h,w,3] in [0, 1] -> ``probabilities``, ``mask`` [B,h,w]
 """
 
@@ -40,6 +47,8 @@ import tensorflow as tf
 
 from trainer.model_metadata import write_metadata
 from trainer.wire import (
+    ALPHA_SIGNATURE,
+    ALPHA_TTA_SIGNATURE,
     INPUT_NAME,
     MODEL_NAME,
     ORIENTATION_INPUT,
@@ -244,6 +253,62 @@ class UNetServing(tf.Module):
     def mask_png_tta(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._encoded(*self._decode_resized(image_bytes, orientation), tta=True)
 
+    def _alpha_encoded(self, images: tf.Tensor, sizes: tf.Tensor, *, tta: bool) -> dict[str, tf.Tensor]:
+        """``alpha_png``'s outputs: the photo and its mirror in one batch, each resized to the photo."""
+        # Batched as mask_png (mask_png_tta with ``tta``) batches, so the mask is theirs to the bit.
+        if tta:
+            batch = tf.shape(images)[0]
+            both = self._logits(tf.concat([images, images[:, :, ::-1]], 0))
+            logits, mirrored = both[:batch], both[batch:]
+        else:
+            logits, mirrored = self._logits(images), self._logits(images[:, :, ::-1])
+
+        def encode(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, ...]:
+            one_logits, one_mirrored, size = args
+            plain = self._outputs(one_logits[tf.newaxis], size)["probabilities"][0]
+            flipped = self._outputs(one_mirrored[tf.newaxis], size)["probabilities"][0][:, ::-1]
+            probabilities = (plain + flipped) / 2.0 if tta else plain
+            mask = probabilities > THRESHOLD
+            plain_mask, flipped_mask = plain > THRESHOLD, flipped > THRESHOLD
+            both = tf.reduce_sum(tf.cast(plain_mask, tf.float32)) + tf.reduce_sum(
+                tf.cast(flipped_mask, tf.float32)
+            )
+            differ = tf.reduce_sum(tf.cast(tf.math.logical_xor(plain_mask, flipped_mask), tf.float32))
+            alpha = tf.cast(tf.round(probabilities * 255.0), tf.uint8)
+            return (
+                tf.io.encode_png(alpha[..., tf.newaxis]),
+                encode_mask_png(mask),  # the bytes mask_png answers for the same mask
+                tf.reduce_mean(tf.cast(mask, tf.float32)),
+                tf.math.divide_no_nan(differ, both),
+            )
+
+        alphas, pngs, fractions, disagreement = tf.map_fn(
+            encode,
+            (logits, mirrored, sizes),
+            fn_output_signature=(
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([], tf.string),
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.float32),
+            ),
+        )
+        return {
+            "alpha_png_bytes": alphas,
+            "mask_png_bytes": pngs,
+            "height": sizes[:, 0],
+            "width": sizes[:, 1],
+            "car_fraction": fractions,
+            "flip_disagreement": disagreement,
+        }
+
+    @tf.function(input_signature=[BYTES_SPEC, ORIENTATION_SPEC])
+    def alpha_png(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._alpha_encoded(*self._decode_resized(image_bytes, orientation), tta=False)
+
+    @tf.function(input_signature=[BYTES_SPEC, ORIENTATION_SPEC])
+    def alpha_png_tta(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._alpha_encoded(*self._decode_resized(image_bytes, orientation), tta=True)
+
     @tf.function(input_signature=[IMAGES_SPEC])
     def predict_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         logits = self._logits(self._to_model_size(images))
@@ -275,6 +340,8 @@ def export_saved_model(
         "serving_default": module.serving_default,
         SIGNATURE: module.mask_png,
         TTA_SIGNATURE: module.mask_png_tta,
+        ALPHA_SIGNATURE: module.alpha_png,
+        ALPHA_TTA_SIGNATURE: module.alpha_png_tta,
         "predict_images": module.predict_images,
     }
     try:

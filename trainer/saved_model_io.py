@@ -6,7 +6,8 @@ the SavedModel folder itself (``<model_dir>/unet/1``), the training job's ``mode
 module is the one place that turns any of those into loaded signatures, so both commands read the
 model exactly as TF Serving would, through the exported graph, rather than rebuilding a Keras model
 that could drift from what is deployed. They send the photo's *bytes* to the endpoint's own
-``mask_png`` signature (``mask_png_tta`` for test-time augmentation): the graph decodes and resizes,
+``mask_png`` signature (``mask_png_tta`` for test-time augmentation), or ``alpha_png`` for the
+probabilities the finished photos and the review flag are made of: the graph decodes and resizes,
 so a mask made offline is the endpoint's mask, pixel for pixel. It also reads a SavedModel's
 signature definitions without loading it (``carvana package`` checks them; the local endpoint
 prints them as TF Serving's metadata call does).
@@ -32,6 +33,8 @@ from trainer.command import CarvanaError
 # Probabilities strictly above THRESHOLD are car: the exported "mask" output's own rule, so a mask
 # from here equals the endpoint's.
 from trainer.wire import (
+    ALPHA_SIGNATURE,
+    ALPHA_TTA_SIGNATURE,
     INPUT_NAME,
     MODEL_NAME,
     ORIENTATION_INPUT,
@@ -157,26 +160,27 @@ class SegmentationModel:
             )
         return self._loaded.signatures[name]
 
-    def mask_pngs(self, photos: Sequence[bytes], *, tta: bool = False) -> list[bytes]:
-        """The mask PNG (0/255, each photo's size) per JPEG/PNG photo, in input order, one call.
+    def _call_bytes(self, name: str, photos: Sequence[bytes], outputs: Sequence[str]) -> list[dict[str, Any]]:
+        """One dict of ``outputs`` per photo from signature ``name``, fed the photo bytes and their
+        EXIF orientation as the endpoint feeds them; PhotoDecodeError names a photo the graph cannot
+        decode (the batch is retried photo by photo to find it)."""
+        signature = self._signature(name)
 
-        The photos go to ``mask_png`` exactly as the endpoint sends them (``mask_png_tta`` with
-        ``tta``: each photo averaged with its mirror image inside the graph), with the EXIF
-        orientation the endpoint's handler reads from the same bytes, so the decode, the turn
-        upright, the resizes and the threshold are the graph's and each mask is in the orientation a
-        screen shows. A photo the graph cannot decode raises PhotoDecodeError naming its index (the
-        batch is retried photo by photo to find it).
-        """
-        signature = self._signature(TTA_SIGNATURE if tta else SIGNATURE)
-
-        def run(batch: Sequence[bytes]) -> list[bytes]:
-            outputs = signature(
+        def run(batch: Sequence[bytes]) -> list[dict[str, Any]]:
+            result = signature(
                 **{
                     INPUT_NAME: tf.constant(list(batch), dtype=tf.string),
                     ORIENTATION_INPUT: tf.constant([exif_orientation(photo) for photo in batch], tf.int32),
                 }
             )
-            return [bytes(png) for png in outputs["mask_png_bytes"].numpy()]
+            columns = {key: result[key].numpy() for key in outputs}
+            return [
+                {
+                    key: bytes(value[i]) if value.dtype == object else value[i].item()
+                    for key, value in columns.items()
+                }
+                for i in range(len(batch))
+            ]
 
         if not photos:
             return []
@@ -189,6 +193,34 @@ class SegmentationModel:
                 except tf.errors.InvalidArgumentError as err:
                     raise PhotoDecodeError(index, op_error_text(err.message).splitlines()[0]) from None
             raise
+
+    def alphas(self, photos: Sequence[bytes], *, tta: bool = False) -> list[dict[str, Any]]:
+        """Per photo, the ``alpha_png`` signature's answer (``alpha_png_tta`` with ``tta``): the
+        ``alpha_png_bytes`` (probabilities, 8-bit), ``mask_png_bytes`` (the mask_png mask),
+        ``flip_disagreement``, ``height``, ``width``, ``car_fraction``: what the endpoint's
+        finished photos and JSON answer are made of (trainer/studio.py)."""
+        outputs = (
+            "alpha_png_bytes",
+            "mask_png_bytes",
+            "flip_disagreement",
+            "height",
+            "width",
+            "car_fraction",
+        )
+        return self._call_bytes(ALPHA_TTA_SIGNATURE if tta else ALPHA_SIGNATURE, photos, outputs)
+
+    def mask_pngs(self, photos: Sequence[bytes], *, tta: bool = False) -> list[bytes]:
+        """The mask PNG (0/255, each photo's size) per JPEG/PNG photo, in input order, one call.
+
+        The photos go to ``mask_png`` exactly as the endpoint sends them (``mask_png_tta`` with
+        ``tta``: each photo averaged with its mirror image inside the graph), with the EXIF
+        orientation the endpoint's handler reads from the same bytes, so the decode, the turn
+        upright, the resizes and the threshold are the graph's and each mask is in the orientation a
+        screen shows. A photo the graph cannot decode raises PhotoDecodeError naming its index (the
+        batch is retried photo by photo to find it).
+        """
+        rows = self._call_bytes(TTA_SIGNATURE if tta else SIGNATURE, photos, ("mask_png_bytes",))
+        return [row["mask_png_bytes"] for row in rows]
 
     def masks(self, photos: Sequence[bytes], *, tta: bool = False) -> list[np.ndarray]:
         """uint8 {0, 1} masks ``(H, W)`` at each photo's size: :meth:`mask_pngs`, decoded."""

@@ -19,7 +19,9 @@ package by lambda/Makefile), the local endpoint and gateway (local_aws/), and th
   network with the same table);
 - Kaggle RLE (row-major, 1-indexed ``"start length"`` pairs, as in train_masks.csv);
 - the cut-out: the photo as RGBA with the mask as alpha and the RGB *zeroed* where alpha is 0, so
-  nothing of the studio survives in the file.
+  nothing of the studio survives in the file;
+- the finished photo's media types and options (:class:`FinishOptions`, read from custom attributes,
+  a query string or JSON) and the review flag's threshold; trainer/studio.py does the pixels.
 
 Standard library only at import: the Lambda runtime has boto3 but no NumPy or Pillow. The functions
 that need NumPy (RLE, masks) or Pillow (PNG) import them when called.
@@ -47,6 +49,10 @@ THRESHOLD = 0.5
 # mirror-averaged twin for test-time augmentation (same input and outputs).
 SIGNATURE = "mask_png"
 TTA_SIGNATURE = "mask_png_tta"
+# Same inputs; answers the full-resolution probabilities as an 8-bit PNG (the soft edge of a finished
+# photo), the mask_png mask, and how much the photo and its mirror image disagree (the review flag).
+ALPHA_SIGNATURE = "alpha_png"
+ALPHA_TTA_SIGNATURE = "alpha_png_tta"
 INPUT_NAME = "image_bytes"
 # Their second input: each photo's EXIF orientation (1..8), read here from the bytes' header, so the
 # graph turns the photo upright before the network (the U-Net was trained on upright photos).
@@ -67,6 +73,9 @@ MAX_PIXELS = 16_000_000
 MEDIA_MASK_PNG = "image/png"
 MEDIA_RLE_JSON = "application/json"
 MEDIA_CUTOUT_PNG = "image/png; variant=cutout"
+# The finished photo (see "Finished photos" below): JPEG, or PNG asked for with this variant.
+MEDIA_FINISHED_JPEG = "image/jpeg"
+MEDIA_FINISHED_PNG = "image/png; variant=finished"
 MEDIA_JSON = "application/json"
 # Content types a photo may be sent with; the bytes themselves decide JPEG or PNG.
 PHOTO_CONTENT_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/x-image")
@@ -115,6 +124,13 @@ class OutputFormat(Enum):
     MASK_PNG = MEDIA_MASK_PNG
     RLE_JSON = MEDIA_RLE_JSON
     CUTOUT_PNG = MEDIA_CUTOUT_PNG
+    FINISHED_JPEG = MEDIA_FINISHED_JPEG
+    FINISHED_PNG = MEDIA_FINISHED_PNG
+
+    @property
+    def finished(self) -> bool:
+        """A finished photo (new backdrop, soft edge, optional shadow and framing)."""
+        return self in (OutputFormat.FINISHED_JPEG, OutputFormat.FINISHED_PNG)
 
     @property
     def query(self) -> str:
@@ -134,6 +150,8 @@ _QUERY_NAMES = {
     OutputFormat.MASK_PNG: "png",
     OutputFormat.RLE_JSON: "json",
     OutputFormat.CUTOUT_PNG: "cutout",
+    OutputFormat.FINISHED_JPEG: "jpeg",
+    OutputFormat.FINISHED_PNG: "finished-png",
 }
 
 
@@ -168,13 +186,18 @@ def negotiate(accept: str | None, default: OutputFormat) -> OutputFormat:
     for _, _, media, params in sorted(ranges):
         if media == "image/png" and params.get("variant") == "cutout":
             return OutputFormat.CUTOUT_PNG
+        if media == "image/png" and params.get("variant") == "finished":
+            return OutputFormat.FINISHED_PNG
+        if media in {"image/jpeg", "image/jpg"}:
+            return OutputFormat.FINISHED_JPEG
         if media in {"image/png", "image/*", "*/*"}:
             return OutputFormat.MASK_PNG
         if media in {"application/json", "application/*"}:
             return OutputFormat.RLE_JSON
     raise WireError(
         f"Accept {accept!r} is not supported: ask for {MEDIA_MASK_PNG!r} (mask), {MEDIA_RLE_JSON!r} "
-        f"(RLE) or {MEDIA_CUTOUT_PNG!r} (RGBA cut-out)",
+        f"(RLE), {MEDIA_CUTOUT_PNG!r} (RGBA cut-out), {MEDIA_FINISHED_JPEG!r} or {MEDIA_FINISHED_PNG!r} "
+        "(finished photo)",
         406,
         {"Vary": "Accept"},
     )
@@ -410,6 +433,91 @@ def sniff_photo(photo: bytes) -> str:
     raise WireError(f"body is not a JPEG or PNG image (it starts with {photo[:8]!r})")
 
 
+# ---- errors that survive the real container (issue 9) --------------------------------------------
+# The real SageMaker TF Serving container answers *any* exception from input_handler/output_handler
+# with HTTP 500 and the body {"error": str(exception)} (aws/deep-learning-containers,
+# tensorflow/inference/docker/build_artifacts/sagemaker/python_service.py): the status the handler
+# meant is lost, only str() survives. So the handler raises errors whose str() is itself a JSON
+# error document carrying the status and the request id; SageMaker Runtime relays the body as
+# ModelError's OriginalMessage, and the Lambda reads the status back from it. ``carvana serve``
+# answers the same document as the body, under the status itself.
+
+# The custom attribute the Lambda sends its request id in (X-Amzn-SageMaker-Custom-Attributes reaches
+# the handler as context.custom_attributes; the container itself only reads the tfs-* ones).
+REQUEST_ID_ATTRIBUTE = "carvana-request-id"
+
+
+class ErrorDocument(NamedTuple):
+    """What an error body says: the message, the HTTP status meant, and whose request it was."""
+
+    message: str
+    status: int | None = None
+    request_id: str | None = None
+
+
+def error_body(message: str, status: int, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one error body shape: ``{"error": message, "status": 413, "request_id": ..., **extra}``."""
+    return {"error": message, "status": status, "request_id": request_id, **extra}
+
+
+def error_document(message: str, status: int, request_id: str | None = None) -> str:
+    """:func:`error_body` as JSON text: what the handler's exception's str() is."""
+    return json.dumps(error_body(message, status, request_id))
+
+
+def parse_error_document(text: str | bytes | None) -> ErrorDocument | None:
+    """Read an error body back, whichever side wrapped it: ``carvana serve``'s flat document, or the
+    real container's ``{"error": "<that document as text>"}``. None when ``text`` is no JSON object
+    with an ``"error"`` (an HTML page from a proxy, say); ``status`` is None when no valid status is
+    given (a plain ``{"error": "..."}`` from TF Serving or an older handler)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text or "")
+    except ValueError:
+        return None
+    for _ in range(3):  # the document itself, the container's wrapper, one spare level
+        if not isinstance(document, dict) or "error" not in document:
+            return None
+        status, request_id = document.get("status"), document.get("request_id")
+        if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+            return ErrorDocument(
+                str(document["error"]), status, None if request_id is None else str(request_id)
+            )
+        inner = document["error"]
+        try:
+            nested = json.loads(inner) if isinstance(inner, str) and inner.lstrip().startswith("{") else None
+        except ValueError:
+            nested = None
+        if not (isinstance(nested, dict) and "error" in nested):
+            return ErrorDocument(str(inner))
+        document = nested
+    return None
+
+
+class HandlerError(WireError):
+    """A WireError whose str() is its :func:`error_document`, so it survives the real container's
+    ``{"error": str(exception)}``; ``message`` and ``status`` stay as they were."""
+
+    def __init__(
+        self, message: str, status: int, request_id: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, status, headers)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return error_document(self.message, self.status, self.request_id)
+
+
+def custom_attribute(header: str | None, name: str) -> str | None:
+    """``name``'s value in an ``X-Amzn-SageMaker-Custom-Attributes`` header (``a=1,b=2``), else None."""
+    for item in (header or "").split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
 # ---- Kaggle RLE --------------------------------------------------------------------------------
 
 
@@ -522,3 +630,143 @@ def cutout_png(photo: bytes, mask_png: bytes) -> bytes:
     out = io.BytesIO()
     Image.fromarray(cutout(rgb, decode_mask_png(mask_png)), "RGBA").save(out, format="PNG")
     return out.getvalue()
+
+
+# ---- Finished photos: media types above (MEDIA_FINISHED_*), options and the review flag ---------
+# One options type for the three callers: the endpoint reads it from the custom attributes header
+# (``backdrop=white,shadow=1,frame=4:3``) or a JSON body's "options" object, the Lambda from
+# ``?backdrop=...`` or its JSON "options" and passes it on as custom attributes, ``carvana predict``
+# from its flags. trainer/studio.py does the pixels.
+
+# A photo needs review when its risk (trainer.studio.review_risk: flip disagreement + fragments +
+# uncertain edge pixels) is over this. Calibrated by bench/review_flag.py on the 8 validation cars
+# (128 photos of 1918x1280) with the default recipe at 192x288: the largest threshold that flags
+# >= 90 % of the photos below Dice 0.985 (18 of 20), approving 73.4 % (worst approved Dice 0.9843).
+# The uncertain share scales with the upsampling factor: recalibrate for another model size.
+REVIEW_THRESHOLD = 0.0193
+NAMED_COLOURS: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255),
+    "black": (0, 0, 0),
+    "grey": (128, 128, 128),
+    "gray": (128, 128, 128),
+}
+
+
+def _colour(text: str) -> tuple[int, int, int]:
+    """``white`` / ``#rrggbb`` / ``rrggbb`` -> (r, g, b); ValueError otherwise."""
+    text = text.strip().lower()
+    if text in NAMED_COLOURS:
+        return NAMED_COLOURS[text]
+    digits = text.removeprefix("#")
+    if len(digits) != 6 or any(c not in "0123456789abcdef" for c in digits):
+        raise ValueError
+    return (int(digits[0:2], 16), int(digits[2:4], 16), int(digits[4:6], 16))
+
+
+def _aspect(text: str) -> float:
+    """``4:3`` / ``16:9`` / ``1.5`` -> width / height (> 0); ValueError otherwise."""
+    width, colon, height = text.strip().partition(":")
+    value = float(width) / float(height) if colon else float(width)
+    if not 0.1 <= value <= 10:
+        raise ValueError
+    return value
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise ValueError
+
+
+def _fraction(value: object, low: float, high: float) -> float:
+    number = float(value)  # type: ignore[arg-type]
+    if not low <= number <= high:
+        raise ValueError
+    return number
+
+
+class FinishOptions(NamedTuple):
+    """How a finished photo looks. NamedTuple, not a dataclass (see :class:`PhotoLimits`).
+
+    ``backdrop_image`` (JPEG/PNG bytes, scaled to fill) replaces ``backdrop`` when given; it comes
+    from a JSON body or a file, never from the custom attributes header (1024 characters at most).
+    ``frame`` is the width/height of a crop centred on the car with ``margin`` (a fraction of the
+    frame) around it; None keeps the photo's size.
+    """
+
+    backdrop: tuple[int, int, int] = (255, 255, 255)
+    backdrop_image: bytes | None = None
+    shadow: bool = False
+    frame: float | None = None
+    margin: float = 0.08
+    quality: int = 92
+    review_threshold: float = REVIEW_THRESHOLD
+
+    @classmethod
+    def parse(cls, values: Mapping[str, object], source: str) -> FinishOptions:
+        """Options from string (or JSON) values; WireError 400 naming *every* bad field at once.
+
+        ``source`` says where they came from in the message (``"custom attributes"``, ``"query"``).
+        """
+        rules: dict[str, tuple[str, Any]] = {
+            "backdrop": ("white, black, grey, or #rrggbb", lambda v: _colour(str(v))),
+            "backdrop_image": ("a base64 JPEG or PNG", lambda v: b64decode(v, "backdrop_image")),
+            "shadow": ("true or false (1/0, yes/no)", _flag),
+            "frame": (
+                "an aspect width:height such as 4:3, or a number in [0.1, 10]",
+                lambda v: _aspect(str(v)),
+            ),
+            "margin": ("a number in [0, 0.45]", lambda v: _fraction(v, 0.0, 0.45)),
+            "quality": (
+                "an integer JPEG quality in [50, 100]",
+                lambda v: int(_fraction(int(str(v)), 50, 100)),
+            ),
+            "review_threshold": ("a number in [0, 1]", lambda v: _fraction(v, 0.0, 1.0)),
+        }
+        parsed: dict[str, Any] = {}
+        problems = []
+        for key, value in values.items():
+            if key not in rules:
+                problems.append(f"unknown option {key!r} (options: {', '.join(rules)})")
+                continue
+            expected, convert = rules[key]
+            try:
+                parsed[key] = convert(value)
+            except (ValueError, TypeError):
+                problems.append(f"{key} must be {expected}; got {value!r}")
+        if problems:
+            raise WireError(f"bad finish options in {source}: " + "; ".join(problems))
+        return cls(**parsed)
+
+    def attributes(self) -> str:
+        """These options as a custom attributes header (``key=value`` pairs joined by commas, the
+        container's own parsing); the backdrop image cannot travel there and is refused."""
+        if self.backdrop_image is not None:
+            raise WireError("backdrop_image cannot be sent as custom attributes: send a JSON body")
+        defaults = FinishOptions()
+        pairs = []
+        for key in ("backdrop", "shadow", "frame", "margin", "quality", "review_threshold"):
+            value = getattr(self, key)
+            if value == getattr(defaults, key):
+                continue
+            text = (
+                "{:02x}{:02x}{:02x}".format(*value)
+                if key == "backdrop"
+                else str(int(value) if key == "shadow" else value)
+            )
+            pairs.append(f"{key}={text}")
+        return ",".join(pairs)
+
+
+def finish_options_from_attributes(header: str | None) -> FinishOptions:
+    """Finish options from a custom attributes header (``backdrop=white,shadow=1``, read with
+    :func:`custom_attribute`). Only the option names are read: ``tfs-*`` pairs are the container's,
+    and callers put other things there too (the Lambda's request id, a trace id)."""
+    values = {name: custom_attribute(header, name) for name in FinishOptions._fields}
+    return FinishOptions.parse({k: v for k, v in values.items() if v is not None}, "custom attributes")
