@@ -268,7 +268,8 @@ class UNetServing(tf.Module):
             plain = self._outputs(one_logits[tf.newaxis], size)["probabilities"][0]
             flipped = self._outputs(one_mirrored[tf.newaxis], size)["probabilities"][0][:, ::-1]
             probabilities = (plain + flipped) / 2.0 if tta else plain
-            mask = probabilities > THRESHOLD
+            # mask_png's own rule (the logits' threshold without TTA), so the two masks are one
+            mask = probabilities > THRESHOLD if tta else self._full_size_mask(one_logits, size)
             plain_mask, flipped_mask = plain > THRESHOLD, flipped > THRESHOLD
             both = tf.reduce_sum(tf.cast(plain_mask, tf.float32)) + tf.reduce_sum(
                 tf.cast(flipped_mask, tf.float32)
