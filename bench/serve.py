@@ -2,22 +2,26 @@
 
 What is timed (all on this machine, one after the other, 127.0.0.1 only, bounded request counts):
 
+* network forward: the U-Net alone at its input size (the SavedModel's ``predict_images`` signature
+  on one float image already at ``--size``, in-process): the floor no endpoint can go under.
 * model forward: the SavedModel's ``mask_png`` signature called in-process on the photo's JPEG bytes
-  (decode, resize, U-Net, resize back, PNG encode: everything the graph does), alternating call by
-  call with the endpoint request below, so both see the same machine load.
+  (decode, resize, U-Net, resize back, PNG encode: everything the graph does).
 * endpoint: ``POST /invocations`` with the same JPEG (``Content-Type: image/jpeg``, ``Accept:
   image/png``) to ``carvana serve`` (a subprocess): input_handler, HTTP to the TF Serving side, JSON
-  and base64 both ways, output_handler. The p50 gap between the two is what the serving layer costs.
+  and base64 both ways, output_handler. The p50 gap to the model forward is what the serving layer
+  costs; the endpoint's p50 over the network's p50 is the figure the issue bounds (<= 2x).
+  The three are timed call by call in turn, so load from anything else on the machine weighs on all
+  alike; the ratios of one run are what to compare, not absolute milliseconds of a loaded machine.
 * throughput: ``--clients`` concurrent clients sending back-to-back requests, with the server's
   batching off, then on (``SAGEMAKER_TFS_ENABLE_BATCHING=true``, max batch size = clients). The
   batch sizes the server actually ran are read from its log.
 
 The photo is the first of ``../shared/carvana/train`` (1918x1280 JPEG) unless ``--photo`` is given;
 without the real data a synthetic 1918x1280 sample photo is drawn. The model is ``--model`` (folder
-or model.tar.gz); by default an untrained U-Net of the default architecture (depth 4, 16 filters,
-256x384 input) is exported, which costs the same time per call as a trained one.
+or model.tar.gz, exported at ``--size``); by default an untrained U-Net of the default recipe (depth
+4, 16 filters, 192x288 input) is exported, which costs the same time per call as a trained one.
 
-Usage: ``python bench/serve.py [--model DIR|model.tar.gz] [--photo car.jpg] [--requests 30]
+Usage: ``python bench/serve.py [--model DIR|model.tar.gz --size HxW] [--photo car.jpg] [--requests 30]
 [--throughput-requests 40] [--clients 4] [--batch-timeout-micros 5000]``
 """
 
@@ -30,15 +34,20 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import requests
 
 from local_aws.endpoint.process import free_port, running_endpoint
-from trainer.saved_model_io import saved_model_dir
+from trainer.saved_model_io import IMAGES_SIGNATURE, saved_model_dir
+from trainer.training.config import ModelConfig, format_size, parse_size
 from trainer.wire import SIGNATURE
+
+DEFAULT_SIZE = ModelConfig().image_size  # the default recipe's input size
 
 DEFAULT_DATA = Path(
     os.environ.get("CARVANA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "carvana")
@@ -59,30 +68,43 @@ def pick_photo(path: Path | None, tmp: Path) -> tuple[bytes, str]:
     return first.read_bytes(), f"{first.name} (synthetic, {DEFAULT_DATA} not found)"
 
 
-def default_model(tmp: Path) -> Path:
+def default_model(tmp: Path, size: tuple[int, int]) -> Path:
     """An untrained U-Net of the default architecture, exported as training would export it."""
     from trainer.export import export_saved_model
     from trainer.model.unet import build_unet
 
-    return export_saved_model(build_unet(), tmp / "model", (256, 384)).parent.parent
+    return export_saved_model(build_unet(), tmp / "model", size).parent.parent
 
 
 class ModelForward:
-    """The SavedModel's ``mask_png`` signature in this process, timed per call."""
+    """The SavedModel in this process: ``mask_png`` on the photo's bytes, or the network alone."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, size: tuple[int, int]) -> None:
         import tensorflow as tf
 
         self._tf = tf
         self._loaded = tf.saved_model.load(str(folder))
         self._signature = self._loaded.signatures[SIGNATURE]
+        self._network = self._loaded.signatures[IMAGES_SIGNATURE]
+        self._model_sized = tf.random.uniform([1, *size, 3], seed=0)
 
-    def __call__(self, photo: bytes) -> float:
+    @staticmethod
+    def _timed(call: Callable[[], dict[str, Any]]) -> float:
         """Milliseconds for one call, outputs fetched to NumPy as the server fetches them."""
         start = time.perf_counter()
-        outputs = self._signature(image_bytes=self._tf.constant([photo]), orientation=self._tf.constant([1]))
-        _ = {name: tensor.numpy() for name, tensor in outputs.items()}
+        _ = {name: tensor.numpy() for name, tensor in call().items()}
         return (time.perf_counter() - start) * 1000
+
+    def __call__(self, photo: bytes) -> float:
+        """``mask_png`` on the photo: everything the graph does for one request."""
+        tf = self._tf
+        return self._timed(
+            lambda: self._signature(image_bytes=tf.constant([photo]), orientation=tf.constant([1]))
+        )
+
+    def network(self) -> float:
+        """The U-Net on one image already at its input size (``predict_images``: nothing to resize)."""
+        return self._timed(lambda: self._network(images=self._model_sized))
 
 
 def call(session: requests.Session, url: str, photo: bytes) -> float:
@@ -100,20 +122,21 @@ def call(session: requests.Session, url: str, photo: bytes) -> float:
     return elapsed
 
 
-def paired_latency_ms(
-    url: str, forward: ModelForward, photo: bytes, count: int
-) -> tuple[list[float], list[float]]:
-    """Model-forward and endpoint milliseconds, alternating call by call so that load from anything
-    else on the machine weighs on both alike (after three warm-up calls of each)."""
-    model_ms, endpoint_ms = [], []
+def paired_latency_ms(url: str, forward: ModelForward, photo: bytes, count: int) -> dict[str, list[float]]:
+    """Network, model-forward and endpoint milliseconds, in turn call by call so that load from
+    anything else on the machine weighs on all alike (after three warm-up calls of each)."""
+    timings: dict[str, list[float]] = {"network": [], "model": [], "endpoint": []}
     with requests.Session() as session:
         for index in range(count + 3):
-            model = forward(photo)
-            endpoint = call(session, url, photo)
+            sample = {
+                "network": forward.network(),
+                "model": forward(photo),
+                "endpoint": call(session, url, photo),
+            }
             if index >= 3:
-                model_ms.append(model)
-                endpoint_ms.append(endpoint)
-    return model_ms, endpoint_ms
+                for name, ms in sample.items():
+                    timings[name].append(ms)
+    return timings
 
 
 def throughput(url: str, photo: bytes, total: int, clients: int) -> tuple[float, list[float]]:
@@ -149,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         help="SavedModel folder, model_dir or model.tar.gz "
         "(default: an untrained default U-Net, exported to a temporary folder)",
     )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=format_size(DEFAULT_SIZE),
+        help="the model's input size HxW (default %(default)s: the default recipe's)",
+    )
     parser.add_argument("--photo", type=Path, help="a JPEG (default: the first real Carvana photo)")
     parser.add_argument("--requests", type=int, default=30, help="timed requests for latency (default 30)")
     parser.add_argument("--throughput-requests", type=int, default=40, help="requests per throughput run")
@@ -164,15 +193,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp_name:
         tmp = Path(tmp_name)
         photo, source = pick_photo(args.photo, tmp)
-        model = args.model or default_model(tmp)
+        model = args.model or default_model(tmp, args.size)
         print(
             f"photo: {source} ({len(photo) / 1e3:.0f} KB JPEG); "
-            f"model: {args.model or 'untrained default U-Net'}; {os.cpu_count()} CPUs, no GPU used",
+            f"model: {args.model or 'untrained default U-Net'} at {format_size(args.size)}; "
+            f"{os.cpu_count()} CPUs, no GPU used",
             flush=True,
         )
 
         with saved_model_dir(model) as folder:
-            forward_fn = ModelForward(folder)
+            forward_fn = ModelForward(folder, args.size)
             runs = {}
             for batching in (False, True):
                 env = {
@@ -184,22 +214,26 @@ def main(argv: list[str] | None = None) -> int:
                 log = tmp / f"serve-{port}.log"
                 with running_endpoint(model, port=port, log_path=log, env=env) as url:
                     if not batching:
-                        forward, single = paired_latency_ms(url, forward_fn, photo, args.requests)
+                        timings = paired_latency_ms(url, forward_fn, photo, args.requests)
                     rate, latencies = throughput(url, photo, args.throughput_requests, args.clients)
                 runs[batching] = (rate, latencies, batch_sizes(log))
 
+    network, single = timings["network"], timings["endpoint"]
+    rows = (
+        (f"network forward ({IMAGES_SIGNATURE} at {format_size(args.size)}, in-process)", network),
+        (f"model forward ({SIGNATURE} signature on the JPEG, in-process)", timings["model"]),
+        ("endpoint POST /invocations (one client)", single),
+    )
     print()
-    print("| one 1918x1280 JPEG -> PNG mask | p50 ms | p95 ms | n |")
-    print("|---|---:|---:|---:|")
-    print(
-        f"| model forward (mask_png signature, in-process) | {pct(forward, 50):.1f} | {pct(forward, 95):.1f} "
-        f"| {len(forward)} |"
-    )
-    print(
-        f"| endpoint POST /invocations (one client) | {pct(single, 50):.1f} | {pct(single, 95):.1f} "
-        f"| {len(single)} |"
-    )
-    print(f"| serving overhead (endpoint - model, p50) | {pct(single, 50) - pct(forward, 50):.1f} | | |")
+    print("| one photo -> PNG mask | p50 ms | p95 ms | n | p50 / network p50 |")
+    print("|---|---:|---:|---:|---:|")
+    for label, values in rows:
+        print(
+            f"| {label} | {pct(values, 50):.1f} | {pct(values, 95):.1f} | {len(values)} "
+            f"| {pct(values, 50) / pct(network, 50):.2f}x |"
+        )
+    overhead = pct(single, 50) - pct(timings["model"], 50)
+    print(f"| serving overhead (endpoint - model forward, p50) | {overhead:.1f} | | | |")
     print()
     print(
         f"| {args.clients} concurrent clients | requests/s | p50 ms | p95 ms | merged batches (size x count) "

@@ -167,3 +167,54 @@ def test_export_replaces_an_earlier_version_whole(exported, tmp_path):
     second = export_saved_model(model, tmp_path, MODEL_SIZE)
     assert second == first and not (second / "stale.txt").exists()
     assert sorted(p.name for p in (tmp_path / MODEL_NAME).iterdir()) == ["1"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "transpose", "model_size", "ratio"),
+    [
+        ((1280, 1918), False, (192, 288), 2),  # the default model: 959x640 keeps 2x its 288x192
+        ((1280, 1918), False, (256, 384), 2),
+        ((1280, 1918), False, (64, 96), 8),  # 240x160 still covers 2x 96x64
+        ((1280, 1918), False, (640, 959), 1),  # half the photo's size: decoded whole
+        ((4000, 1000), False, (192, 288), 1),  # 1000 / 2 < 2 x 288 wide
+        ((4000, 1000), True, (192, 288), 2),  # shown turned: the model's width runs along 4000
+    ],
+)
+def test_jpeg_scale_keeps_twice_the_model_size_on_each_side(stored, transpose, model_size, ratio):
+    from trainer.export import JPEG_RATIOS, jpeg_scale_index
+
+    index = jpeg_scale_index(tf.constant(stored), tf.constant(transpose), model_size)
+    assert JPEG_RATIOS[int(index)] == ratio
+
+
+def test_scaled_decoding_feeds_the_network_the_pixels_of_full_resolution(real_data):
+    """A 1918x1280 studio photo for the default 192x288 model is decoded at half size in the DCT
+    domain (ratio 2); what the network sees differs from decoding at full size then resizing by
+    about half a grey level (README, Serving: the masks' agreement, Dice >= 0.999 with a trained model)."""
+    from trainer.export import UNetServing
+
+    module = UNetServing(build_unet(depth=2, base_filters=4), (192, 288))
+    photos = sorted((real_data / "train").glob("*.jpg"))[::96]
+    assert len(photos) >= 4
+    for path in photos:
+        jpeg = path.read_bytes()
+        scaled, size = module._decode_resized(tf.constant([jpeg]), tf.constant([1]))
+        full = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[tf.newaxis] / 255.0
+        difference = np.abs(scaled.numpy() - module._to_model_size(full).numpy()) * 255
+        assert size.numpy().tolist() == [[1280, 1918]]  # the mask still goes back to full size
+        assert difference.mean() < 1.0
+        assert np.percentile(difference, 99.9) < 3.0
+
+
+def test_a_photo_decoded_whole_gets_the_masks_of_the_full_resolution_path(exported):
+    """Below four times the model's size a JPEG decodes whole (ratio 1), and a PNG always does: the
+    mask thresholded on the resized logits is then the probabilities' mask, pixel for pixel."""
+    _, _, loaded = exported
+    small, large = photo(250, 380, 5), photo(700, 1000, 6)  # the model is 64x96
+    for data in (encode(small), encode(small, "PNG"), encode(large, "PNG")):
+        png = loaded.signatures["mask_png"](image_bytes=tf.constant([data]), orientation=tf.constant([1]))
+        decoded = tf.cast(tf.io.decode_image(data, channels=3), tf.float32)[tf.newaxis] / 255.0
+        reference = loaded.signatures["predict_images"](images=decoded)["mask"].numpy()[0]
+        mask = np.asarray(Image.open(io.BytesIO(png["mask_png_bytes"].numpy()[0])))
+        assert 0 < reference.mean() < 1
+        np.testing.assert_array_equal(mask // 255, reference)

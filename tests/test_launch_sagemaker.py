@@ -27,7 +27,7 @@ from trainer.launch.cli import main as cli_main
 from trainer.launch.errors import LaunchError
 from trainer.launch.metrics import METRIC_DEFINITIONS, scrape_metrics
 from trainer.launch.search_space import SEARCH_SPACE, Categorical, Continuous, Integer
-from trainer.launch.specs import DeploySpec, JobSpec, TuningSpec, default_max_minutes
+from trainer.launch.specs import DeploySpec, JobSpec, TransformSpec, TuningSpec, default_max_minutes
 from trainer.training.log_lines import debugger_line
 
 ACCOUNT_ROLE = "arn:aws:iam::123456789012:role/CarvanaSageMaker"
@@ -492,3 +492,70 @@ def test_cli_refuses_sagemaker_without_role_or_local_channels(
     )
     assert code == 2
     assert "SageMaker reads s3:// prefixes" in capsys.readouterr().err
+
+
+def test_transform_creates_the_model_and_a_single_record_transform_job(sm) -> None:
+    """Batch Transform over an S3 prefix of photos: the same repacked model.tar.gz and handlers as
+    an endpoint, one record per object (SplitType None, SingleRecord), the Accept passed through."""
+    settings, session, recorder = sm
+    spec = TransformSpec(
+        job_name="carvana-transform-test-1",
+        model_data=_upload_model(settings.bucket),
+        input=f"s3://{settings.bucket}/studio/2025-01-01/",
+        output=f"s3://{settings.bucket}/masks/2025-01-01/",
+        accept="image/png; variant=cutout",
+        instance_count=2,
+        max_concurrent_transforms=4,
+        environment={"CARVANA_MAX_PIXELS": "20000000"},
+        tags={"team": "studio"},
+    )
+    result = smb.transform(spec, settings, session=session)
+
+    model = recorder.one("CreateModel")
+    assert model["PrimaryContainer"]["Image"] == f"{ECR}/tensorflow-inference:2.19-cpu"  # ml.c5.xlarge
+    assert model["PrimaryContainer"]["Environment"]["CARVANA_MAX_PIXELS"] == "20000000"
+    files = s3_tar_names(model["PrimaryContainer"]["ModelDataUrl"])
+    assert {"unet/1/saved_model.pb", "code/inference.py", "code/trainer/wire.py"} <= set(files)
+
+    job = recorder.one("CreateTransformJob")
+    assert job["TransformJobName"] == "carvana-transform-test-1"
+    assert job["ModelName"] == model["ModelName"] == "carvana-transform-test-1-model"
+    assert job["BatchStrategy"] == "SingleRecord"
+    assert (job["MaxConcurrentTransforms"], job["MaxPayloadInMB"]) == (4, 6)
+    assert job["ModelClientConfig"] == {"InvocationsTimeoutInSeconds": 60, "InvocationsMaxRetries": 3}
+    assert job["Environment"] == {"CARVANA_MAX_PIXELS": "20000000"}
+    assert job["TransformInput"] == {
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": spec.input}},
+        "ContentType": "application/x-image",
+        "SplitType": "None",
+    }
+    assert job["TransformOutput"] == {"S3OutputPath": spec.output, "Accept": "image/png; variant=cutout"}
+    assert "AssembleWith" not in job["TransformOutput"]  # one binary answer per object, not lines
+    assert job["TransformResources"] == {"InstanceType": "ml.c5.xlarge", "InstanceCount": 2}
+    assert {"Key": "team", "Value": "studio"} in job["Tags"]
+    assert (result.job_name, result.output) == (spec.job_name, spec.output)
+
+
+def test_cli_transform_on_sagemaker(aws: str, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("SAGEMAKER_ROLE", ACCOUNT_ROLE)
+    model = _upload_model(aws)
+    common = ["transform", "--backend", "sagemaker", "--bucket", aws, "--no-wait", "--model", model]
+    code = cli_main(
+        [
+            *common,
+            "--input",
+            f"s3://{aws}/in/",
+            "--output",
+            f"s3://{aws}/out/",
+            "--job-name",
+            "carvana-tx-cli",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "transform job carvana-tx-cli:" in capsys.readouterr().out
+    job = boto3.client("sagemaker").describe_transform_job(TransformJobName="carvana-tx-cli")
+    assert job["TransformOutput"]["Accept"] == "image/png"
+    assert job["TransformResources"]["InstanceType"] == "ml.c5.xlarge"
+
+    assert cli_main([*common, "--input", "photos/", "--output", f"s3://{aws}/out/"]) == 2
+    assert "--input: Batch Transform reads and writes s3:// prefixes, got photos/" in capsys.readouterr().err

@@ -38,6 +38,12 @@ def pixels(data: bytes) -> tuple[str, np.ndarray]:
         return image.mode, np.asarray(image)
 
 
+def png_bytes(image: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return out.getvalue()
+
+
 def endpoint(url: str, photo: bytes, accept: str) -> bytes:
     response = requests.post(
         f"{url}/invocations",
@@ -84,27 +90,32 @@ def test_a_real_photo_stored_turned_gets_the_upright_photos_mask(
     orientation: int,
 ) -> None:
     """A Carvana photo re-saved as a phone stores it (turned, tagged 6 or 3) gets, online and offline,
-    pixel for pixel the mask of the same pixels stored upright (no tag): the graph turns the photo
-    upright *before* the network. Turning the mask after the network instead would differ."""
+    the mask of the same pixels stored upright (no tag): the graph turns the photo upright *before*
+    the network. Turning the mask after the network instead would differ.
+
+    Pixel for pixel for a PNG (decoded whole, like the upright reference). A JPEG this much larger
+    than the model is decoded scaled in the DCT domain, whose 8x8 blocks lie differently once the
+    photo is turned, so its mask agrees with the upright PNG's up to a few boundary pixels."""
     import tensorflow as tf
 
     from trainer.wire import orient
 
     inverse = {6: 8, 3: 3}
     upright = tf.io.decode_jpeg(real_photos[1].read_bytes()).numpy()
+    stored = orient(upright, inverse[orientation])
     out = io.BytesIO()
-    Image.fromarray(orient(upright, inverse[orientation])).save(out, format="JPEG", quality=95)
+    Image.fromarray(stored).save(out, format="JPEG", quality=95)
     untagged = out.getvalue()  # the stored pixels; the tag below changes no byte of the image data
     tagged = with_orientation(untagged, orientation)
     shown = orient(tf.io.decode_jpeg(untagged).numpy(), orientation)  # what a viewer shows, losslessly:
-    png = io.BytesIO()
-    Image.fromarray(shown).save(png, format="PNG")
+    reference = pixels(endpoint(served_endpoint, png_bytes(shown), MEDIA_MASK_PNG))[1]
+    tagged_png = with_orientation(png_bytes(orient(shown, inverse[orientation])), orientation)
+    np.testing.assert_array_equal(pixels(endpoint(served_endpoint, tagged_png, MEDIA_MASK_PNG))[1], reference)
 
     online = pixels(endpoint(served_endpoint, tagged, MEDIA_MASK_PNG))[1]
-    reference = pixels(endpoint(served_endpoint, png.getvalue(), MEDIA_MASK_PNG))[1]
     assert online.shape == (1280, 1918)
     assert 0 < (online == 255).mean() < 1
-    np.testing.assert_array_equal(online, reference)
+    assert (online != reference).mean() < 0.01
 
     photo = tmp_path / "sideways.jpg"
     photo.write_bytes(tagged)

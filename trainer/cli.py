@@ -14,7 +14,7 @@ import os
 import sys
 
 # name -> (module, leading arguments for its main, one-line summary), in pipeline order. The launch
-# module serves three commands and reads which one from its first argument.
+# module serves four commands and reads which one from its first argument.
 COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "make-sample": ("trainer.data.sample", (), "write a synthetic dataset in the Kaggle Carvana layout"),
     "convert": (
@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "fit": ("trainer.launch.cli", ("fit",), "launch a training job (--backend local|sagemaker)"),
     "tune": ("trainer.launch.cli", ("tune",), "launch a tuning job (--backend local|sagemaker)"),
     "deploy": ("trainer.launch.cli", ("deploy",), "deploy a trained model (--backend local|sagemaker)"),
+    "transform": (
+        "trainer.launch.cli",
+        ("transform",),
+        "Batch Transform: every photo under a prefix or folder -> <photo>.out (--backend local|sagemaker)",
+    ),
     "package": ("serving.package", (), "build model.tar.gz in the TF Serving container layout"),
     "serve": ("local_aws.endpoint.server", (), "run the local endpoint (SageMaker container, TF Serving)"),
     "gateway": ("local_aws.api_gateway", (), "run the local API gateway in front of the Lambda handler"),

@@ -1,8 +1,10 @@
-"""The two backends behind the same calls: ``fit``, ``tune``, ``deploy``, ``delete_endpoint``.
+"""The two backends behind the same calls: ``fit``, ``tune``, ``deploy``, ``delete_endpoint``,
+``transform``.
 
 A notebook or the CLI picks one with :func:`make_backend` and then never asks which it has: the
 local backend hands the specs to the local stand-ins (``local_aws``: training jobs as subprocesses
-in SageMaker-shaped folders under ``work``, an Optuna tuner, ``carvana serve`` as the endpoint);
+in SageMaker-shaped folders under ``work``, an Optuna tuner, ``carvana serve`` as the endpoint and
+behind a local Batch Transform job);
 the SageMaker backend (imported only when asked for, since the SDK is slow to import) runs the same
 specs on AWS. The launcher never ships into a job (``source.py`` leaves it out), so it may use the
 stand-ins.
@@ -18,7 +20,16 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 
 from local_aws.training_job.job import load_result, run_job
 from trainer.launch.errors import JobFailedError, LaunchError
-from trainer.launch.specs import DeployResult, DeploySpec, JobResult, JobSpec, TuningResult, TuningSpec
+from trainer.launch.specs import (
+    DeployResult,
+    DeploySpec,
+    JobResult,
+    JobSpec,
+    TransformResult,
+    TransformSpec,
+    TuningResult,
+    TuningSpec,
+)
 
 if TYPE_CHECKING:
     from trainer.launch.sagemaker_backend import SageMakerSettings
@@ -42,6 +53,8 @@ class Backend(Protocol):
     def deploy(self, spec: DeploySpec) -> DeployResult: ...
 
     def delete_endpoint(self, endpoint_name: str) -> None: ...
+
+    def transform(self, spec: TransformSpec) -> TransformResult: ...
 
 
 @dataclass
@@ -103,6 +116,13 @@ class LocalBackend:
     def wait_endpoint(self, endpoint_name: str) -> int:
         """Block until the endpoint's server exits (the CLI's foreground mode); its exit code."""
         return self._endpoints[endpoint_name].wait()
+
+    def transform(self, spec: TransformSpec) -> TransformResult:
+        """A Batch Transform job over a folder (local_aws/batch_transform.py), its files under
+        ``work/<job-name>/`` (description.json, the endpoint's log)."""
+        from local_aws.batch_transform import run_transform  # starts an endpoint: only when asked
+
+        return run_transform(spec, self.work, stream=self.stream)
 
     def delete_endpoint(self, endpoint_name: str) -> None:
         process = self._endpoints.pop(endpoint_name, None)

@@ -1,4 +1,5 @@
-"""``carvana fit|tune|deploy --backend local|sagemaker``: launch training, tuning and endpoints.
+"""``carvana fit|tune|deploy|transform --backend local|sagemaker``: launch training, tuning,
+endpoints and Batch Transform jobs.
 
 The same flags describe a job for either backend; ``--backend local`` (the default) runs it here in
 a SageMaker-shaped folder, ``--backend sagemaker`` sends it to AWS (``--role``, ``--bucket``).
@@ -8,6 +9,7 @@ Examples::
     carvana fit --data demo/tfrecords --epochs 3 --image-size 128x192
     carvana tune --data demo/tfrecords --max-jobs 6 --epochs 2 --range learning-rate=1e-4:1e-2
     carvana deploy --job-name carvana-unet-250101-120000-000          # local: carvana serve on :8080
+    carvana transform --model model.tar.gz --input photos/ --output masks/   # photos/a.jpg -> masks/a.jpg.out
     carvana fit --backend sagemaker --data s3://my-bucket/carvana/tfrecords --spot \\
         --role arn:aws:iam::123456789012:role/SageMakerExecution --bucket my-bucket
 """
@@ -35,17 +37,23 @@ from trainer.launch.search_space import SEARCH_SPACE, Categorical, Range, parse_
 from trainer.launch.specs import (
     DEFAULT_ENDPOINT_INSTANCE,
     DEFAULT_TRAINING_INSTANCE,
+    DEFAULT_TRANSFORM_CONTENT_TYPE,
+    DEFAULT_TRANSFORM_INSTANCE,
+    MAX_INVOCATION_RETRIES,
     DeploySpec,
     JobResult,
     JobSpec,
+    TransformResult,
+    TransformSpec,
     TuningSpec,
 )
 from trainer.model_metadata import describe as describe_metadata
 from trainer.model_metadata import read_metadata
 from trainer.training.config import TrainConfig
 from trainer.training.hyperparameters import ConfigError, Declaration, HyperValue, by_flag
+from trainer.wire import MB, MEDIA_MASK_PNG, PhotoLimits
 
-COMMANDS = ("fit", "tune", "deploy")
+COMMANDS = ("fit", "tune", "deploy", "transform")
 # The entry point's hyperparameters by flag name; those declared ``launcher=True`` are flags here too.
 HYPERPARAMETERS: dict[str, Declaration] = by_flag(TrainConfig)
 LAUNCHER_HYPERPARAMETERS = tuple(d for d in HYPERPARAMETERS.values() if d.launcher)
@@ -250,7 +258,56 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             action="store_true",
             help="local: print the carvana serve command instead of running it",
         )
+    if command == "transform":
+        _add_transform_options(parser)
     return parser
+
+
+def _add_transform_options(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_argument_group("model (one of)")
+    model.add_argument("--model", help="model.tar.gz (s3:// on SageMaker) or, locally, a model folder")
+    model.add_argument("--training-job", help="a completed training job whose model.tar.gz to use")
+    data = parser.add_argument_group("records: every object under --input is one photo")
+    data.add_argument("--input", required=True, help="s3:// prefix (SageMaker) or folder (local) of photos")
+    data.add_argument(
+        "--output", required=True, help="s3:// prefix or folder for <input object>.out, one per photo"
+    )
+    data.add_argument(
+        "--accept",
+        default=MEDIA_MASK_PNG,
+        help="the answers' media type, passed to the container as Accept (any the handler offers: "
+        "image/png, application/json, 'image/png; variant=cutout', ...)",
+    )
+    data.add_argument(
+        "--content-type",
+        default=DEFAULT_TRANSFORM_CONTENT_TYPE,
+        help="the records' Content-Type (the bytes decide JPEG or PNG)",
+    )
+    job = parser.add_argument_group("job")
+    job.add_argument("--job-name", help="default carvana-transform-<timestamp>")
+    job.add_argument("--instance-type", default=DEFAULT_TRANSFORM_INSTANCE)
+    job.add_argument("--instance-count", type=int, default=1, help="instances sharing the objects")
+    job.add_argument(
+        "--max-concurrent-transforms",
+        type=int,
+        default=2,
+        help="requests in flight per instance (the local backend: in all)",
+    )
+    job.add_argument(
+        "--max-payload",
+        type=int,
+        default=PhotoLimits().max_image_bytes // MB,
+        help="MB: a larger photo fails its record (the handler's own byte limit is the same 6 MB)",
+    )
+    job.add_argument("--invocation-timeout", type=int, default=60, help="seconds per request")
+    job.add_argument(
+        "--max-retries",
+        type=int,
+        default=MAX_INVOCATION_RETRIES,
+        help="retries of a failed request (5xx or no answer)",
+    )
+    job.add_argument("--env", action="append", metavar="KEY=VALUE", help="container environment")
+    job.add_argument("--tag", action="append", metavar="KEY=VALUE")
 
 
 def _describe_range(space: Range) -> str:
@@ -390,6 +447,56 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
     return 0
 
 
+def run_transform(args: argparse.Namespace, backend: Backend) -> int:
+    if bool(args.model) == bool(args.training_job):
+        raise LaunchError("give exactly one of --model and --training-job")
+    model_data = args.model or _job_model(backend, args.training_job)
+    if args.model:
+        _print_model_state(read_metadata(args.model))
+    spec = TransformSpec(
+        job_name=args.job_name or unique_name("carvana-transform"),
+        model_data=model_data,
+        input=args.input,
+        output=args.output,
+        accept=args.accept,
+        content_type=args.content_type,
+        instance_type=args.instance_type,
+        instance_count=args.instance_count,
+        max_concurrent_transforms=args.max_concurrent_transforms,
+        max_payload_mb=args.max_payload,
+        invocation_timeout_s=args.invocation_timeout,
+        invocation_retries=args.max_retries,
+        environment=parse_key_values(args.env, "--env"),
+        tags=parse_key_values(args.tag, "--tag"),
+    )
+    result = backend.transform(spec)
+    _print_transform(result)
+    if result.status == "Failed":
+        raise JobFailedError(result.failure_reason)
+    return 0
+
+
+# At most this many failed records are listed on the terminal; description.json has them all.
+SHOWN_FAILURES = 10
+
+
+def _print_transform(result: TransformResult) -> None:
+    print(f"transform job {result.job_name}: {result.status} -> {result.output}")
+    if result.report is not None:  # the local backend's own counts
+        print(
+            f"  {result.transformed} transformed, {result.skipped} already done (skipped), "
+            f"{len(result.failures)} failed, in {result.seconds:.1f} s "
+            f"({result.startup_seconds:.1f} s starting the container, "
+            f"then {result.photos_per_second:.2f} photos/s)"
+        )
+        for failure in result.failures[:SHOWN_FAILURES]:
+            status = f"{failure.status} " if failure.status is not None else ""
+            print(f"  failed {failure.input}: {status}{failure.message}")
+        if len(result.failures) > SHOWN_FAILURES:
+            print(f"  ... {len(result.failures) - SHOWN_FAILURES} more")
+        print(f"  report: {result.report}")
+
+
 def _job_model(backend: Backend, job_name: str) -> str:
     """The job's model.tar.gz, saying whether it is partial (a job stopped by SIGTERM exports too)."""
     result = backend.describe_job(job_name)
@@ -439,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         backend = make_backend(
             args.backend, work=args.work, settings=_settings(args), port=getattr(args, "port", DEFAULT_PORT)
         )
-        return {"fit": run_fit, "tune": run_tune, "deploy": run_deploy}[command](args, backend)
+        commands = {"fit": run_fit, "tune": run_tune, "deploy": run_deploy, "transform": run_transform}
+        return commands[command](args, backend)
 
     return run_command(build_parser(command), body, argv[1:])
 

@@ -37,7 +37,16 @@ from trainer.launch.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC, OBJECTI
 from trainer.launch.naming import check_name
 from trainer.launch.search_space import Categorical, Continuous, Integer, Range
 from trainer.launch.source import ENTRY_POINT, stage_training_source
-from trainer.launch.specs import DeployResult, DeploySpec, JobResult, JobSpec, TuningResult, TuningSpec
+from trainer.launch.specs import (
+    DeployResult,
+    DeploySpec,
+    JobResult,
+    JobSpec,
+    TransformResult,
+    TransformSpec,
+    TuningResult,
+    TuningSpec,
+)
 from trainer.wire import MODEL_NAME
 
 FRAMEWORK_VERSION = "2.19"  # the TF the project pins; the DLC tag is tensorflow-training:2.19-gpu-py312
@@ -354,34 +363,46 @@ def describe_tuning(tuning_job_name: str, session: sagemaker.Session) -> TuningR
     )
 
 
+def serving_model(
+    model_data: str,
+    model_name: str,
+    environment: Mapping[str, str],
+    settings: SageMakerSettings,
+    session: sagemaker.Session,
+    tmp: Path,
+) -> TensorFlowModel:
+    """The job's model.tar.gz as a TF Serving 2.19 model with our handlers, for an endpoint or a
+    transform job alike (the same archive and code/inference.py either way).
+
+    The SDK repacks ``model_data`` when the model is created: it adds ``code/inference.py``,
+    ``code/requirements.txt`` and the vendored ``code/trainer/wire.py`` beside ``unet/1/``, uploads
+    the result under the prefix's ``models/`` and picks the CPU or GPU image after the instance type.
+    """
+    if not model_data.startswith("s3://"):
+        raise LaunchError(f"--model: an s3:// model.tar.gz is needed on SageMaker, got {model_data}")
+    check_name(model_name, "model name")
+    return TensorFlowModel(
+        model_data=model_data,
+        role=settings.role,
+        framework_version=FRAMEWORK_VERSION,
+        entry_point="inference.py",
+        source_dir=str(stage_inference_code(tmp)),
+        env={"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": MODEL_NAME, **environment},
+        code_location=settings.s3("models"),
+        name=model_name,
+        sagemaker_session=session,
+    )
+
+
 def deploy(
     spec: DeploySpec, settings: SageMakerSettings, *, session: sagemaker.Session | None = None
 ) -> DeployResult:
-    """Create the model (the job's model.tar.gz repacked with code/inference.py), config and endpoint.
-
-    The SDK repacks ``model_data``: it adds ``code/inference.py``, ``code/requirements.txt`` and the
-    vendored ``code/trainer/wire.py`` beside ``unet/1/``, uploads the result under the
-    prefix's ``models/`` and points the model at the TF Serving 2.19 image (CPU or GPU after the
-    instance type; CPU for serverless, which has no GPUs).
-    """
+    """Create the model (:func:`serving_model`), its endpoint config and the endpoint (the CPU image
+    for serverless, which has no GPUs)."""
     session = session or make_session(settings)
-    if not spec.model_data.startswith("s3://"):
-        raise LaunchError(f"--model: an s3:// model.tar.gz is needed on SageMaker, got {spec.model_data}")
     model_name = f"{spec.endpoint_name}-model"
-    check_name(model_name, "model name")
     with tempfile.TemporaryDirectory(prefix="carvana-serving-") as tmp:
-        code_dir = stage_inference_code(Path(tmp))
-        model = TensorFlowModel(
-            model_data=spec.model_data,
-            role=settings.role,
-            framework_version=FRAMEWORK_VERSION,
-            entry_point="inference.py",
-            source_dir=str(code_dir),
-            env={"SAGEMAKER_TFS_DEFAULT_MODEL_NAME": MODEL_NAME, **spec.environment},
-            code_location=settings.s3("models"),
-            name=model_name,
-            sagemaker_session=session,
-        )
+        model = serving_model(spec.model_data, model_name, spec.environment, settings, session, Path(tmp))
         if spec.serverless:
             target = {
                 "serverless_inference_config": ServerlessInferenceConfig(
@@ -397,6 +418,62 @@ def deploy(
         model_data=container["ModelDataUrl"],
         image_uri=container["Image"],
         model_name=model_name,
+    )
+
+
+def transform(
+    spec: TransformSpec, settings: SageMakerSettings, *, session: sagemaker.Session | None = None
+) -> TransformResult:
+    """Create the model (:func:`serving_model`) and a Batch Transform job over ``spec.input``.
+
+    One record per S3 object (SplitType None, SingleRecord): the container's handler gets each photo
+    whole, as ``carvana serve`` does, and SageMaker writes its answer to ``<output>/<key>.out``.
+    No AssembleWith: each output object is one binary answer, not lines to join. When waiting, the
+    job's final state; a photo the container refuses leaves no .out and fails the job.
+    """
+    session = session or make_session(settings)
+    for label, uri in (("input", spec.input), ("output", spec.output)):
+        if not uri.startswith("s3://"):
+            raise LaunchError(f"--{label}: Batch Transform reads and writes s3:// prefixes, got {uri}")
+    with tempfile.TemporaryDirectory(prefix="carvana-serving-") as tmp:
+        model = serving_model(
+            spec.model_data, f"{spec.job_name}-model", spec.environment, settings, session, Path(tmp)
+        )
+        transformer = model.transformer(
+            instance_count=spec.instance_count,
+            instance_type=spec.instance_type,
+            strategy="SingleRecord",
+            output_path=spec.output,
+            accept=spec.accept,
+            max_concurrent_transforms=spec.max_concurrent_transforms,
+            max_payload=spec.max_payload_mb,
+            env=dict(spec.environment),
+            tags=_tags(spec.tags),
+        )
+        transformer.transform(
+            spec.input,
+            data_type="S3Prefix",
+            content_type=spec.content_type,
+            split_type="None",
+            job_name=spec.job_name,
+            model_client_config={
+                "InvocationsTimeoutInSeconds": spec.invocation_timeout_s,
+                "InvocationsMaxRetries": spec.invocation_retries,
+            },
+            wait=settings.wait,
+            logs=settings.wait,
+        )
+    return describe_transform(spec.job_name, session)
+
+
+def describe_transform(job_name: str, session: sagemaker.Session) -> TransformResult:
+    """A transform job's status, output prefix and failure reason, from DescribeTransformJob."""
+    desc = session.sagemaker_client.describe_transform_job(TransformJobName=job_name)
+    return TransformResult(
+        job_name=job_name,
+        status=desc["TransformJobStatus"],
+        output=desc["TransformOutput"]["S3OutputPath"],
+        failure_reason=desc.get("FailureReason", ""),
     )
 
 
@@ -435,3 +512,6 @@ class SageMakerBackend:
 
     def delete_endpoint(self, endpoint_name: str) -> None:
         delete_endpoint(endpoint_name, self.session)
+
+    def transform(self, spec: TransformSpec) -> TransformResult:
+        return transform(spec, self.settings, session=self.session)

@@ -17,6 +17,7 @@ from trainer.launch.naming import CHANNEL_PATTERN, MAX_TUNING_JOB_NAME, check_na
 from trainer.launch.search_space import SEARCH_SPACE, Range
 from trainer.training.hyperparameters import HyperValue
 from trainer.training.log_lines import PARTIAL_METRIC
+from trainer.wire import MEDIA_JSON, PHOTO_CONTENT_TYPES, OutputFormat, WireError, media_type, negotiate
 
 DEFAULT_TRAINING_INSTANCE = "ml.g5.xlarge"
 # A CPU instance serves a 256x384 U-Net in well under a second per photo at a fraction of a GPU's
@@ -229,3 +230,123 @@ class DeployResult:
     model_name: str = ""
     url: str = ""  # local: http://127.0.0.1:<port>
     command: tuple[str, ...] = ()  # local: the carvana serve command line
+
+
+# --- Batch Transform ----------------------------------------------------------------------------
+# The smallest compute-optimised instance Batch Transform offers (TransformInstanceType has no
+# ml.c5.large): 4 vCPUs for the CPU TF Serving image. README, "Bulk: Batch Transform", has the cost.
+DEFAULT_TRANSFORM_INSTANCE = "ml.c5.xlarge"
+# Photos as the container's handler takes them; the bytes decide JPEG or PNG (serving/inference.py).
+DEFAULT_TRANSFORM_CONTENT_TYPE = "application/x-image"
+# CreateTransformJob's bounds (botocore service model): MaxPayloadInMB at most 100 (0 would stream
+# chunked, which the handler does not read), ModelClientConfig's timeout 1..3600 s, retries 0..3.
+MAX_TRANSFORM_PAYLOAD_MB = 100
+MAX_INVOCATION_TIMEOUT_S = 3600
+MAX_INVOCATION_RETRIES = 3
+# A transform job's Environment holds at most 16 variables (service model).
+MAX_TRANSFORM_ENVIRONMENT = 16
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """A Batch Transform job over photos: one photo per object, one ``<object>.out`` answer per photo.
+
+    ``input`` and ``output`` are ``s3://`` prefixes (SageMaker) or folders (local). Every object
+    under ``input`` is one record (SplitType None, BatchStrategy SingleRecord): a photo sent whole as
+    the body of one ``/invocations`` request with ``content_type``, answered in ``accept`` (any media
+    type trainer.wire negotiates), whose answer becomes ``output/<relative key>.out``.
+    """
+
+    job_name: str
+    model_data: str  # s3://.../model.tar.gz (SageMaker) or a model.tar.gz / model folder (local)
+    input: str
+    output: str
+    accept: str
+    content_type: str = DEFAULT_TRANSFORM_CONTENT_TYPE
+    instance_type: str = DEFAULT_TRANSFORM_INSTANCE
+    instance_count: int = 1
+    max_concurrent_transforms: int = 2
+    max_payload_mb: int = 6
+    invocation_timeout_s: int = 60
+    invocation_retries: int = MAX_INVOCATION_RETRIES
+    environment: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name(self.job_name, "transform job name")
+        if self.instance_count < 1 or self.max_concurrent_transforms < 1:
+            raise LaunchError("instance count and max concurrent transforms must be >= 1")
+        if not 1 <= self.max_payload_mb <= MAX_TRANSFORM_PAYLOAD_MB:
+            raise LaunchError(
+                f"max payload must be 1..{MAX_TRANSFORM_PAYLOAD_MB} MB, got {self.max_payload_mb}"
+            )
+        if not 1 <= self.invocation_timeout_s <= MAX_INVOCATION_TIMEOUT_S:
+            raise LaunchError(
+                f"invocation timeout must be 1..{MAX_INVOCATION_TIMEOUT_S} s, got {self.invocation_timeout_s}"
+            )
+        if not 0 <= self.invocation_retries <= MAX_INVOCATION_RETRIES:
+            raise LaunchError(
+                f"invocation retries must be 0..{MAX_INVOCATION_RETRIES}, got {self.invocation_retries}"
+            )
+        if len(self.environment) > MAX_TRANSFORM_ENVIRONMENT:
+            raise LaunchError(
+                f"at most {MAX_TRANSFORM_ENVIRONMENT} environment variables, got {len(self.environment)}"
+            )
+        try:  # the media type passes through to the container; its negotiation must accept it
+            negotiate(self.accept, OutputFormat.MASK_PNG)
+        except WireError as err:
+            raise LaunchError(f"accept: {err}") from None
+        if media_type(self.content_type)[0] not in (*PHOTO_CONTENT_TYPES, MEDIA_JSON):
+            raise LaunchError(
+                f"content type {self.content_type!r}: expected one of {', '.join(PHOTO_CONTENT_TYPES)} "
+                f"(each object a photo) or {MEDIA_JSON} (each object one JSON request)"
+            )
+        if self.input.rstrip("/") == self.output.rstrip("/") or self.output.startswith(
+            self.input.rstrip("/") + "/"
+        ):
+            raise LaunchError(
+                f"output {self.output} must lie outside input {self.input}: "
+                "every object under the input prefix is a photo to transform"
+            )
+
+    @property
+    def batch_environment(self) -> dict[str, str]:
+        """What SageMaker sets in the container of a transform job besides ``environment``
+        ("Custom Inference Code with Batch Transform": SAGEMAKER_BATCH and the three parameters)."""
+        return {
+            "SAGEMAKER_BATCH": "true",
+            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb),
+            "SAGEMAKER_BATCH_STRATEGY": "SINGLE_RECORD",
+            "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(self.max_concurrent_transforms),
+        }
+
+
+@dataclass(frozen=True)
+class TransformFailure:
+    """One input object the job could not transform: no ``.out`` was written for it."""
+
+    input: str  # relative key / path under the input prefix
+    status: int | None  # the container's HTTP status (None: no answer, e.g. over MaxPayloadInMB)
+    message: str
+
+
+@dataclass(frozen=True)
+class TransformResult:
+    """A transform job as DescribeTransformJob reports it (and, locally, what it did)."""
+
+    job_name: str
+    status: str  # Completed | Failed | InProgress | Stopped
+    output: str
+    failure_reason: str = ""
+    transformed: int = 0  # local: outputs written by this run
+    skipped: int = 0  # local: inputs whose .out already existed (a resumed job)
+    failures: tuple[TransformFailure, ...] = ()
+    seconds: float = 0.0  # local: the whole run, the container's start included
+    startup_seconds: float = 0.0  # local: until the container answered /ping
+    report: Path | None = None  # local: the job's description.json
+
+    @property
+    def photos_per_second(self) -> float:
+        """Records per second once the container was up (local; 0 when nothing was sent)."""
+        records, busy = self.transformed + len(self.failures), self.seconds - self.startup_seconds
+        return records / busy if records and busy > 0 else 0.0
