@@ -49,6 +49,7 @@ SLOW_MODULES = frozenset(
         "test_template",
         "test_offline_online",
         "test_unet",
+        "test_encoders",
     }
 )
 
