@@ -75,7 +75,7 @@ class TrainResult:
 def _unet(config: TrainConfig) -> keras.Model:
     """The from-scratch U-Net, or the U-Net on a pretrained backbone (``--encoder``), uncompiled."""
     m = config.model
-    decoder = {
+    decoder: dict[str, Any] = {
         "base_filters": m.base_filters,
         "batch_norm": m.batch_norm,
         "dropout": m.dropout,

@@ -138,7 +138,9 @@ class ModelConfig:
         metavar="imagenet|none|PATH",
     )
     encoder_alpha: float = hyperparameter(
-        1.0, "MobileNetV2's width multiplier (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)", bounds=POSITIVE
+        1.0,
+        "MobileNetV2's width multiplier (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)",
+        bounds=POSITIVE,
     )
     depth: int = hyperparameter(4, "--encoder unet: number of 2x poolings", bounds=POSITIVE)
     base_filters: int = hyperparameter(16, "filters of level 1, x2 per level (decoder too)", bounds=POSITIVE)
@@ -333,8 +335,8 @@ class TrainConfig:
                 f"--encoder-alpha: MobileNetV2's width multiplier, expected 1.0 with --encoder "
                 f"{model.encoder}, got {model.encoder_alpha}"
             )
-        weights = model.encoder_weights
-        if model.encoder != SCRATCH_ENCODER and weights not in ENCODER_WEIGHTS and not Path(weights).is_file():
+        weights, pretrained = model.encoder_weights, model.encoder != SCRATCH_ENCODER
+        if pretrained and weights not in ENCODER_WEIGHTS and not Path(weights).is_file():
             raise ConfigError(
                 f"--encoder-weights: expected imagenet, none or the path of a weights file, got "
                 f"{weights!r} (no such file)"
