@@ -264,7 +264,9 @@ def export(model: keras.Model, config: TrainConfig, metadata: dict[str, Any] | N
     A graph traced under the float16 policy would run float16 convolutions in a CPU TF Serving
     container (slow where supported at all), and distributed variables belong to the training
     strategy; a fresh copy built outside both serves the same everywhere. Leaves the global dtype
-    policy at float32 (training is over).
+    policy at float32 (training is over). The copy is built from the same flags, ``--encoder-weights``
+    included (read again from Keras' cache, then overwritten): Keras' EfficientNet has an input
+    scaling layer only when built with ``imagenet``, so the copy must be built the same way.
     """
     keras.mixed_precision.set_global_policy("float32")
     plain = _unet(config)
