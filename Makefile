@@ -67,7 +67,8 @@ demo-evaluate: $(STAMP)
 	  --out $(DEMO)/predictions
 	$(CARVANA) package --model-dir $(DEMO)/jobs/latest/opt/ml/model --out $(DEMO)/model.tar.gz
 
-# The user's last step: serve the model, call the Lambda through the local API gateway.
+# The user's last step: serve the model, call the Lambda through the local API gateway (which, like
+# the deployed API, only serves SigV4-signed requests: curl signs them with the demo's key pair).
 SERVE_PORT   ?= 8080
 GATEWAY_PORT ?= 3000
 demo-serve: $(STAMP)
@@ -79,10 +80,11 @@ demo-serve: $(STAMP)
 	trap 'kill $$srv $$gw 2>/dev/null; wait $$srv $$gw 2>/dev/null' EXIT; \
 	for i in $$(seq 240); do curl -sf -o /dev/null http://127.0.0.1:$(SERVE_PORT)/ping && \
 	  curl -s -o /dev/null http://127.0.0.1:$(GATEWAY_PORT)/ && break; sleep 0.5; done; \
+	sign='--aws-sigv4 aws:amz:us-east-1:execute-api --user local:local'; \
 	for photo in $(DEMO)/photos/*.jpg; do name=$$(basename $$photo .jpg); \
-	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    http://127.0.0.1:$(GATEWAY_PORT)/mask -o $(DEMO)/lambda/$${name}_mask.png; \
-	  curl -sS --fail --data-binary @$$photo -H 'Content-Type: image/jpeg' \
+	  curl -sS --fail $$sign --data-binary @$$photo -H 'Content-Type: image/jpeg' \
 	    "http://127.0.0.1:$(GATEWAY_PORT)/mask?format=cutout" -o $(DEMO)/lambda/$${name}_cutout.png; \
 	  echo "lambda -> $(DEMO)/lambda/$${name}_mask.png, $${name}_cutout.png"; done
 

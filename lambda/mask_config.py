@@ -2,6 +2,11 @@
 
 Settings come from the environment template.yaml sets (or the local gateway's); a missing or
 malformed one is a deployment mistake, answered 500 with a message naming the variable.
+
+Every AWS call is bounded in time, so a request is answered (504 with a message) before Lambda
+kills it: S3 calls get short timeouts and a few retries; the endpoint call gets one attempt whose
+read timeout is what is left of the function's time (``context.get_remaining_time_in_millis()``)
+minus a margin to answer, capped under API Gateway's 30 s.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from trainer.wire import ENDPOINT_PAYLOAD_LIMIT
+from trainer.wire import ENDPOINT_PAYLOAD_LIMIT, MAX_PIXELS, PhotoLimits, WireError
+
+# S3 (small reads and writes in the same region): fail fast, retry a few times with backoff.
+S3_CLIENT_CONFIG = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 3}
+)
+# Kept back from the function's remaining time for writing the result and answering.
+ANSWER_MARGIN_S = 1.5
+# Less than this left for the endpoint call: answer 504 at once instead of starting it.
+MIN_ENDPOINT_CALL_S = 1.0
 
 
 class ConfigError(ValueError):
@@ -63,12 +77,19 @@ class HandlerConfig:
     input_prefix: S3Location | None = None
     output_prefix: S3Location | None = None
     max_image_bytes: int = ENDPOINT_PAYLOAD_LIMIT
+    max_pixels: int = MAX_PIXELS  # CARVANA_MAX_PIXELS, as the endpoint reads it
     log_level: str = "INFO"
     region: str = "us-east-1"
     # Read here rather than left to boto3 so that cached clients follow the configuration.
     runtime_endpoint_url: str | None = None
     s3_endpoint_url: str | None = None
     endpoint_timeout_s: float = 25.0  # under API Gateway's 29-30 s integration timeout
+    upload_expiry_s: int = 300  # how long a presigned upload (POST /uploads) stays valid
+
+    @property
+    def limits(self) -> PhotoLimits:
+        """The photo limits the Lambda screens with, from the bytes' headers (trainer.wire)."""
+        return PhotoLimits(self.max_image_bytes, self.max_pixels)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HandlerConfig:
@@ -87,6 +108,10 @@ class HandlerConfig:
         raw_max = env.get("MAX_IMAGE_BYTES", "") or str(ENDPOINT_PAYLOAD_LIMIT)
         if not raw_max.isdigit() or int(raw_max) <= 0:
             raise ConfigError(f"MAX_IMAGE_BYTES must be a positive integer (bytes), got {raw_max!r}")
+        try:
+            max_pixels = PhotoLimits.from_env(env).max_pixels
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
         log_level = (env.get("LOG_LEVEL") or "INFO").upper()
         if log_level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
@@ -96,6 +121,7 @@ class HandlerConfig:
             input_prefix=input_prefix,
             output_prefix=output_prefix,
             max_image_bytes=min(int(raw_max), ENDPOINT_PAYLOAD_LIMIT),
+            max_pixels=max_pixels,
             log_level=log_level,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
             runtime_endpoint_url=env.get("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME") or shared_url,
@@ -103,30 +129,48 @@ class HandlerConfig:
         )
 
 
-@dataclass(frozen=True)
-class Clients:
-    """The boto3 clients of one configuration, created once per warm Lambda container."""
-
-    runtime: Any
-    s3: Any
-
-
 @functools.lru_cache(maxsize=4)
-def clients_for(config: HandlerConfig) -> Clients:
-    """boto3 clients for ``config``; cached because creating a client costs tens of milliseconds."""
-    # One attempt: a retried inference would double the model's work and overrun API Gateway's
-    # 30 s; the timeouts end the call in time to answer 504 with a message instead.
+def s3_client(config: HandlerConfig) -> Any:
+    """The S3 client for ``config`` (short timeouts, bounded retries); cached per warm container,
+    because creating a client costs tens of milliseconds."""
+    return boto3.client(
+        "s3", region_name=config.region, endpoint_url=config.s3_endpoint_url, config=S3_CLIENT_CONFIG
+    )
+
+
+def endpoint_budget(context: Any, config: HandlerConfig) -> int:
+    """Whole seconds the endpoint call may take: the function's remaining time less the margin to
+    answer, at most ``endpoint_timeout_s``; WireError 504 when too little is left to try."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    budget = config.endpoint_timeout_s
+    if callable(remaining):
+        left_s = remaining() / 1000
+        budget = min(budget, left_s - ANSWER_MARGIN_S)
+        if budget < MIN_ENDPOINT_CALL_S:
+            raise WireError(
+                f"only {left_s * 1000:.0f} ms of the function's time are left: not enough to call "
+                f"endpoint {config.endpoint_name} (it needs {MIN_ENDPOINT_CALL_S + ANSWER_MARGIN_S:g} s); "
+                "try again",
+                504,
+            )
+    return max(1, int(budget))
+
+
+@functools.lru_cache(maxsize=32)
+def runtime_client(config: HandlerConfig, read_timeout_s: int) -> Any:
+    """A sagemaker-runtime client whose read timeout is ``read_timeout_s`` (see endpoint_budget).
+
+    One client per whole second of budget, cached: botocore fixes timeouts per client. One attempt:
+    a retried inference would double the model's work and overrun the caller's deadline.
+    """
     botocore_config = Config(
-        connect_timeout=3,
-        read_timeout=config.endpoint_timeout_s,
+        connect_timeout=min(3, read_timeout_s),
+        read_timeout=read_timeout_s,
         retries={"mode": "standard", "total_max_attempts": 1},
     )
-    return Clients(
-        runtime=boto3.client(
-            "sagemaker-runtime",
-            region_name=config.region,
-            endpoint_url=config.runtime_endpoint_url,
-            config=botocore_config,
-        ),
-        s3=boto3.client("s3", region_name=config.region, endpoint_url=config.s3_endpoint_url),
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name=config.region,
+        endpoint_url=config.runtime_endpoint_url,
+        config=botocore_config,
     )

@@ -31,6 +31,8 @@ EVENT_OVERHEAD = 64 * 1024
 INLINE_PHOTO_LIMIT = (LAMBDA_PAYLOAD_LIMIT - EVENT_OVERHEAD) // 4 * 3
 # Without Accept or ?format= the function answers the PNG mask (the endpoint's default is JSON).
 DEFAULT_OUTPUT = OutputFormat.MASK_PNG
+# The route that hands out presigned uploads (template.yaml's POST /uploads); every other is /mask.
+UPLOADS_ROUTE = "/uploads"
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Request:
     source: str  # "http-api-v2", "rest-api-v1" or "direct"
     api_request_id: str | None
     method: str
+    path: str  # the request's path ("/mask", "/uploads"; with a stage prefix on some APIs)
     content_type: str
     accept: str
     format: str | None  # ?format=, else the JSON body's "format"; wins over Accept
@@ -71,13 +74,17 @@ def parse_event(event: object) -> Request:
         headers = _lower_keys(event.get("headers"))
         query = event.get("queryStringParameters") or {}
         source, method = "http-api-v2", context["http"].get("method", "")
+        path = str(event.get("rawPath") or context["http"].get("path") or "")
     elif "httpMethod" in event:
         headers = _lower_keys(event.get("headers"))
         query = event.get("queryStringParameters") or {}
         source, method = "rest-api-v1", event["httpMethod"]
+        path = str(event.get("path") or event.get("resource") or "")
     else:
         fields = dict(event)
-        return Request("direct", None, "POST", MEDIA_JSON, "", _opt_str(event.get("format")), b"", fields)
+        return Request(
+            "direct", None, "POST", "/mask", MEDIA_JSON, "", _opt_str(event.get("format")), b"", fields
+        )
     body = _event_body(event)
     content_type = headers.get("content-type", "")
     fields = json_object(body) if media_type(content_type)[0] == MEDIA_JSON and body else {}
@@ -85,12 +92,24 @@ def parse_event(event: object) -> Request:
         source=source,
         api_request_id=context.get("requestId"),
         method=method.upper(),
+        path=path,
         content_type=content_type,
         accept=headers.get("accept", ""),
         format=_opt_str(query.get("format") or fields.get("format")),
         body=body,
         fields=fields,
     )
+
+
+def wants_upload(request: Request) -> bool:
+    """Whether the request is for a presigned upload (``POST /uploads``) rather than a mask."""
+    return request.path.rstrip("/").endswith(UPLOADS_ROUTE)
+
+
+def upload_content_type(request: Request) -> str:
+    """The photo type a ``POST /uploads`` asks to upload: JSON ``{"content_type": ...}``, default JPEG."""
+    value = request.fields.get("content_type", "image/jpeg")
+    return value if isinstance(value, str) else repr(value)
 
 
 def choose_format(request: Request) -> OutputFormat:
@@ -163,7 +182,12 @@ def allowed_location(uri: object, config: HandlerConfig) -> S3Location:
         raise WireError(str(error)) from error
     relative = location.relative_to(config.input_prefix)
     if not relative or relative.endswith("/"):
-        raise WireError(
-            f'"s3_uri" {location.uri} is outside the allowed input prefix {config.input_prefix.uri}', 403
-        )
+        raise no_such_photo(location.uri, config)
     return location
+
+
+def no_such_photo(uri: str, config: HandlerConfig) -> WireError:
+    """The one answer for a photo the caller cannot have: missing, outside INPUT_S3_PREFIX, or
+    unreadable. The same 404 and message for all, so the answer never tells whether a key exists."""
+    prefix = config.input_prefix.uri if config.input_prefix else "(none)"
+    return WireError(f'"s3_uri" {uri}: no photo there that this API may read (photos go under {prefix})', 404)

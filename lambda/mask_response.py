@@ -14,7 +14,7 @@ from typing import Any
 from mask_aws import Result
 from mask_request import EVENT_OVERHEAD
 
-from trainer.wire import LAMBDA_PAYLOAD_LIMIT, MEDIA_JSON, OutputFormat, WireError, b64encode
+from trainer.wire import LAMBDA_PAYLOAD_LIMIT, MEDIA_JSON, OutputFormat, WireError, b64encode, error_body
 
 LOGGER_NAME = "carvana.lambda"
 
@@ -22,13 +22,23 @@ LOGGER_NAME = "carvana.lambda"
 def json_response(
     status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
-    """A proxy response with a JSON body (errors are ``{"error": message}``)."""
+    """A proxy response with a JSON body (errors: see error_response)."""
     return {
         "statusCode": status,
         "headers": {"Content-Type": MEDIA_JSON, **(headers or {})},
         "body": json.dumps(payload),
         "isBase64Encoded": False,
     }
+
+
+def error_response(
+    error: WireError, request_id: str | None, sagemaker_request_id: str | None = None
+) -> dict[str, Any]:
+    """An error answer: trainer.wire's error body (message, status, request id; SageMaker's request
+    id when the endpoint was reached), with the error's headers (Retry-After, Allow, Vary)."""
+    extra = {"sagemaker_request_id": sagemaker_request_id} if sagemaker_request_id else {}
+    body = error_body(error.message, error.status, request_id, **extra)
+    return json_response(error.status, body, error.headers)
 
 
 def result_response(result: Result, fmt: OutputFormat) -> dict[str, Any]:

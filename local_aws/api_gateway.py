@@ -10,7 +10,12 @@ Lambda's 6 MB event limits. Its answer (``statusCode``, ``headers``, ``body``,
 
     curl --data-binary @car.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:3000/mask -o mask.png
 
-works against the local endpoint (``carvana serve``). The handler runs in this process and reads
+works against the local endpoint (``carvana serve``) with ``--auth none``. By default (``--auth iam``)
+it is no more open than the deployed API (template.yaml's routes are AWS_IAM): every request must
+be SigV4-signed for ``execute-api`` with the configured key pair, checked with botocore's own
+signer; unsigned or wrongly signed requests get API Gateway's 403 ``{"message": ...}``. E.g.
+``curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY"``.
+The handler runs in this process and reads
 this process's environment: set ``ENDPOINT_NAME`` and ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` (and
 AWS credentials, any value for a local endpoint) before starting the gateway. As in the Lambda
 runtime, the handler's folder goes on ``sys.path`` (its sibling modules import), and ``trainer.wire``
@@ -23,8 +28,12 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import hashlib
+import hmac
 import importlib.util
 import json
+import os
+import re
 import signal
 import sys
 import threading
@@ -33,11 +42,15 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 
 from trainer.command import CarvanaError
 from trainer.wire import LAMBDA_PAYLOAD_LIMIT, MB, MEDIA_JSON, WireError, b64decode, b64encode, media_type
@@ -52,6 +65,21 @@ TEXT_MEDIA_TYPES = (
     "application/x-www-form-urlencoded",
 )
 ACCOUNT_ID = "123456789012"  # what API Gateway puts in requestContext; a placeholder locally
+DEFAULT_ROUTES = ("POST /mask", "POST /uploads")  # template.yaml's routes
+SIGV4_SERVICE = "execute-api"
+SIGV4_MAX_SKEW = timedelta(minutes=5)  # API Gateway: "Signature expired: ... (... - 5 min.)"
+AUTHORIZATION = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[^/,\s]+)/(?P<date>\d{8})/(?P<region>[^/,\s]+)/"
+    r"(?P<service>[^/,\s]+)/aws4_request,\s*SignedHeaders=(?P<headers>[a-z0-9;\-]+),\s*"
+    r"Signature=(?P<signature>[0-9a-f]{64})"
+)
+# API Gateway's own 403 messages for IAM-authorized routes.
+FORBIDDEN = "Forbidden"
+INVALID_TOKEN = "The security token included in the request is invalid."
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS "
+    "Secret Access Key and signing method. Consult the service documentation for details."
+)
 
 
 class GatewayError(CarvanaError, ValueError):
@@ -66,35 +94,58 @@ class GatewayConfig:
     function: str = "handler"
     host: str = "127.0.0.1"
     port: int = 3000
-    method: str = "POST"
-    path: str = "/mask"
+    routes: tuple[tuple[str, str], ...] = tuple(
+        (key.split(" ")[0], key.split(" ")[1]) for key in DEFAULT_ROUTES
+    )
     payload_format: str = "2.0"
     timeout_s: float = 30.0
     memory_mb: int = 256
     max_request_bytes: int = API_GATEWAY_REQUEST_LIMIT
+    # "iam": SigV4 for execute-api with ``credentials`` (access key id, secret) in ``region``.
+    auth: str = "iam"
+    credentials: tuple[str, str] | None = None
+    region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        if self.auth not in ("iam", "none"):
+            raise GatewayError(f"--auth must be iam or none, got {self.auth!r}")
+        if self.auth == "iam" and self.credentials is None:
+            raise GatewayError(
+                "--auth iam needs the key pair requests are signed with: --access-key-id and "
+                "--secret-access-key (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY); "
+                "--auth none serves unsigned requests"
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GatewayConfig:
         """Validate the parsed arguments; GatewayError names the option that is wrong."""
-        method, _, path = args.route.strip().partition(" ")
-        if not method or not path.startswith("/"):
-            raise GatewayError(f"--route must look like 'POST /mask', got {args.route!r}")
+        routes = []
+        for route in args.route or DEFAULT_ROUTES:
+            method, _, path = route.strip().partition(" ")
+            if not method or not path.strip().startswith("/"):
+                raise GatewayError(f"--route must look like 'POST /mask', got {route!r}")
+            routes.append((method.upper(), path.strip()))
         if args.timeout <= 0:
             raise GatewayError(f"--timeout must be positive (seconds), got {args.timeout}")
+        key = args.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = args.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        credentials = (key, secret) if args.auth == "iam" and key and secret else None
         return cls(
             handler_path=Path(args.handler),
             function=args.function,
             host=args.host,
             port=args.port,
-            method=method.upper(),
-            path=path.strip(),
+            routes=tuple(routes),
             payload_format=args.payload_format,
             timeout_s=args.timeout,
+            auth=args.auth,
+            credentials=credentials,
+            region=args.region or os.environ.get("AWS_REGION") or "us-east-1",
         )
 
     @property
-    def route_key(self) -> str:
-        return f"{self.method} {self.path}"
+    def route_keys(self) -> str:
+        return ", ".join(f"{method} {path}" for method, path in self.routes)
 
 
 def load_handler(path: Path, function: str) -> Callable[[dict[str, Any], Any], Any]:
@@ -174,8 +225,16 @@ def _request_time(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
-def build_event(request: HttpRequest, config: GatewayConfig, request_id: str) -> dict[str, Any]:
-    """The proxy event API Gateway would send for ``request`` (payload ``config.payload_format``)."""
+def build_event(
+    request: HttpRequest,
+    config: GatewayConfig,
+    request_id: str,
+    route: tuple[str, str] | None = None,
+    caller: str | None = None,
+) -> dict[str, Any]:
+    """The proxy event API Gateway would send for ``request`` (payload ``config.payload_format``) on
+    ``route`` (the first configured one by default); ``caller`` is the access key that signed it."""
+    route = route or config.routes[0]
     url = urlsplit(request.target)
     query = parse_qsl(url.query, keep_blank_values=True)
     content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
@@ -183,7 +242,8 @@ def build_event(request: HttpRequest, config: GatewayConfig, request_id: str) ->
     user_agent = next((v for k, v in request.headers if k.lower() == "user-agent"), "")
     now = time.time()
     if config.payload_format == "1.0":
-        return _event_v1(request, config, request_id, query, body, is_base64, user_agent, now)
+        return _event_v1(request, route[1], request_id, query, body, is_base64, user_agent, now)
+    route_key = f"{route[0]} {route[1]}"
     headers: dict[str, str] = {}
     cookies: list[str] = []
     for name, value in request.headers:
@@ -196,7 +256,7 @@ def build_event(request: HttpRequest, config: GatewayConfig, request_id: str) ->
         params[name] = f"{params[name]},{value}" if name in params else value
     event: dict[str, Any] = {
         "version": "2.0",
-        "routeKey": config.route_key,
+        "routeKey": route_key,
         "rawPath": url.path,
         "rawQueryString": url.query,
         "headers": headers,
@@ -213,13 +273,24 @@ def build_event(request: HttpRequest, config: GatewayConfig, request_id: str) ->
                 "userAgent": user_agent,
             },
             "requestId": request_id,
-            "routeKey": config.route_key,
+            "routeKey": route_key,
             "stage": "$default",
             "time": _request_time(now),
             "timeEpoch": int(now * 1000),
         },
         "isBase64Encoded": is_base64,
     }
+    if caller is not None:  # what an AWS_IAM route adds (placeholders for what only IAM knows)
+        event["requestContext"]["authorizer"] = {
+            "iam": {
+                "accessKey": caller,
+                "accountId": ACCOUNT_ID,
+                "callerId": caller,
+                "principalOrgId": None,
+                "userArn": f"arn:aws:iam::{ACCOUNT_ID}:user/local",
+                "userId": caller,
+            }
+        }
     if cookies:
         event["cookies"] = cookies
     if params:
@@ -231,7 +302,7 @@ def build_event(request: HttpRequest, config: GatewayConfig, request_id: str) ->
 
 def _event_v1(
     request: HttpRequest,
-    config: GatewayConfig,
+    resource: str,
     request_id: str,
     query: list[tuple[str, str]],
     body: str,
@@ -248,7 +319,7 @@ def _event_v1(
         multi_query.setdefault(name, []).append(value)
     path = urlsplit(request.target).path
     return {
-        "resource": config.path,
+        "resource": resource,
         "path": path,
         "httpMethod": request.method,
         "headers": {name: values[-1] for name, values in multi_headers.items()} or None,
@@ -268,7 +339,7 @@ def _event_v1(
             "requestId": request_id,
             "requestTime": _request_time(now),
             "requestTimeEpoch": int(now * 1000),
-            "resourcePath": config.path,
+            "resourcePath": resource,
             "stage": "Prod",
         },
         "body": body if request.body else None,
@@ -316,6 +387,63 @@ def proxy_response(result: object, payload_format: str) -> HttpResponse:
     return HttpResponse(status, headers, raw)
 
 
+def _header(request: HttpRequest, name: str) -> str | None:
+    return next((v for k, v in request.headers if k.lower() == name), None)
+
+
+def verify_sigv4(request: HttpRequest, credentials: tuple[str, str], region: str) -> str | None:
+    """None when ``request`` is SigV4-signed for execute-api in ``region`` by ``credentials``, else
+    API Gateway's 403 message. The signature is recomputed with botocore's own SigV4 signer over
+    exactly the headers the client signed, the method, path, query and body as received."""
+    authorization = _header(request, "authorization")
+    if not authorization:
+        return FORBIDDEN
+    match = AUTHORIZATION.fullmatch(authorization.strip())
+    if not match:
+        return (
+            "Authorization header requires 'Credential', 'SignedHeaders' and 'Signature' parameters "
+            f"(AWS4-HMAC-SHA256). Authorization={authorization}"
+        )
+    access_key, secret = credentials
+    if not hmac.compare_digest(match["key"], access_key):
+        return INVALID_TOKEN
+    stamp = _header(request, "x-amz-date") or ""
+    try:
+        signed_at = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+    now = datetime.now(UTC)
+    if abs(now - signed_at) > SIGV4_MAX_SKEW:
+        when = "earlier" if signed_at < now else "later"
+        bound = now - SIGV4_MAX_SKEW if signed_at < now else now + SIGV4_MAX_SKEW
+        return (
+            f"Signature expired: {stamp} is now {when} than {bound:%Y%m%dT%H%M%SZ} "
+            f"({now:%Y%m%dT%H%M%SZ} {'-' if signed_at < now else '+'} 5 min.)"
+        )
+    if (match["date"], match["region"], match["service"]) != (stamp[:8], region, SIGV4_SERVICE):
+        return (
+            f"Credential should be scoped to a valid region and service: expected "
+            f"{stamp[:8]}/{region}/{SIGV4_SERVICE}, got {match['date']}/{match['region']}/{match['service']}"
+        )
+    signed = match["headers"].split(";")
+    if "host" not in signed:
+        return SIGNATURE_MISMATCH
+    declared = _header(request, "x-amz-content-sha256")
+    if declared is not None and declared != hashlib.sha256(request.body).hexdigest():
+        return SIGNATURE_MISMATCH  # a hash claimed for another body
+    headers: dict[str, str] = {}
+    for name, value in request.headers:  # a repeated header is signed as its values joined by ","
+        if name.lower() in signed:
+            headers[name.lower()] = f"{headers[name.lower()]},{value}" if name.lower() in headers else value
+    if set(headers) != set(signed):
+        return SIGNATURE_MISMATCH
+    rebuilt = AWSRequest(request.method, f"http://{request.host}{request.target}", headers, request.body)
+    rebuilt.context["timestamp"] = stamp
+    signer = SigV4Auth(Credentials(access_key, secret), SIGV4_SERVICE, region)
+    expected = signer.signature(signer.string_to_sign(rebuilt, signer.canonical_request(rebuilt)), rebuilt)
+    return None if hmac.compare_digest(expected, match["signature"]) else SIGNATURE_MISMATCH
+
+
 class Gateway:
     """Routes requests, builds events, calls the handler with a deadline, builds responses."""
 
@@ -328,10 +456,18 @@ class Gateway:
     def respond(self, request: HttpRequest) -> HttpResponse:
         """The answer to one request that has passed the size check."""
         path = urlsplit(request.target).path
-        if request.method != self.config.method or path != self.config.path:
+        route = next((r for r in self.config.routes if r == (request.method, path)), None)
+        if route is None:
             return message_response(404, "Not Found")
+        caller = None
+        if self.config.auth == "iam":
+            assert self.config.credentials is not None  # __post_init__ insists
+            refusal = verify_sigv4(request, self.config.credentials, self.config.region)
+            if refusal is not None:
+                return message_response(403, refusal)
+            caller = self.config.credentials[0]
         request_id = str(uuid.uuid4())
-        event = build_event(request, self.config, request_id)
+        event = build_event(request, self.config, request_id, route, caller)
         if len(json.dumps(event)) > LAMBDA_EVENT_LIMIT:
             return message_response(
                 413,
@@ -427,7 +563,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--function", default="handler", help="the function in it (default handler)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=3000, help="port (default 3000; 0 picks a free one)")
-    parser.add_argument("--route", default="POST /mask", help="the one route served (default 'POST /mask')")
+    parser.add_argument(
+        "--route",
+        action="append",
+        help="a route to serve, repeatable (default: template.yaml's 'POST /mask' and 'POST /uploads')",
+    )
+    parser.add_argument(
+        "--auth",
+        choices=["iam", "none"],
+        default="iam",
+        help="iam (default, as template.yaml's AWS_IAM routes): requests must be SigV4-signed for "
+        "execute-api with the key pair below; none: unsigned requests are served",
+    )
+    parser.add_argument(
+        "--access-key-id", help="the key id requests are signed with (default $AWS_ACCESS_KEY_ID)"
+    )
+    parser.add_argument("--secret-access-key", help="its secret (default $AWS_SECRET_ACCESS_KEY)")
+    parser.add_argument(
+        "--region", help="the region signatures are scoped to (default $AWS_REGION or us-east-1)"
+    )
     parser.add_argument(
         "--payload-format",
         choices=["2.0", "1.0"],
@@ -452,8 +606,8 @@ def serve(config: GatewayConfig, handler: Callable[[dict[str, Any], Any], Any]) 
     signal.signal(signal.SIGINT, stop)
     host, port = config.host, server.server_address[1]
     print(
-        f"carvana gateway: {config.route_key} -> {config.handler_path}:{config.function} "
-        f"(payload {config.payload_format}) on http://{host}:{port}",
+        f"carvana gateway: {config.route_keys} -> {config.handler_path}:{config.function} "
+        f"(payload {config.payload_format}, auth {config.auth}) on http://{host}:{port}",
         flush=True,
     )
     try:

@@ -28,10 +28,13 @@ the photo by the same tag (trainer.wire.orient). ``width``/``height`` are the di
   ``image/png; variant=cutout``    the photo as an RGBA PNG whose alpha channel is the mask (background
                                    transparent and black); answered with that same Content-Type
 
-Bad input raises :class:`trainer.wire.WireError`, whose message says what was wrong and what was
-expected and whose ``status`` is the HTTP status it deserves (400, 406, 413, 415). Note: the real
-container answers *any* handler exception with 500 and ``{"error": str(e)}`` (python_service.py), so
-on AWS the message arrives intact but under 500; ``carvana serve`` honours ``status``.
+Bad input raises :class:`trainer.wire.HandlerError`, whose message says what was wrong and what was
+expected and whose ``status`` is the HTTP status it deserves (400, 406, 413, 415). The real container
+answers *any* handler exception with 500 and ``{"error": str(e)}`` (python_service.py), so str() of
+the error is itself the JSON document ``{"error": ..., "status": 413, "request_id": ...}``
+(trainer.wire.error_document): on AWS the status travels inside the 500's body, where the Lambda reads
+it back; ``carvana serve`` answers it as the status. The request id is the caller's
+``carvana-request-id`` custom attribute (the Lambda sends its own), else one made here.
 
 Media types, negotiation, base64, limits, RLE and the cut-out are trainer/wire.py's, vendored as
 ``code/trainer/wire.py``: the Lambda and the offline tools run the same code. Only the standard
@@ -44,22 +47,28 @@ photo's header alone (trainer.wire.check_photo) before anything is decoded.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
-from typing import Any, NamedTuple
+import uuid
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 from trainer.wire import (
     INPUT_NAME,
     MEDIA_JSON,
     ORIENTATION_INPUT,
     PHOTO_CONTENT_TYPES,
+    REQUEST_ID_ATTRIBUTE,
     SIGNATURE,
+    HandlerError,
     OutputFormat,
     PhotoHeader,
     PhotoLimits,
     WireError,
     b64decode,
     b64encode,
+    custom_attribute,
     cutout_png,
     decode_mask_png,
     json_object,
@@ -133,6 +142,30 @@ def _read(data: Any) -> bytes:
     return data.read() or b""
 
 
+_Result = TypeVar("_Result")
+
+
+def _documented_errors(handler: Callable[[Any, Any], _Result]) -> Callable[[Any, Any], _Result]:
+    """Re-raise any failure of ``handler`` as a HandlerError (str() = the JSON error document), with
+    the status a WireError meant (500 for anything else) and the request's id."""
+
+    @functools.wraps(handler)
+    def wrapped(data: Any, context: Any) -> _Result:
+        try:
+            return handler(data, context)
+        except HandlerError:
+            raise
+        except Exception as err:
+            attributes = getattr(context, "custom_attributes", None)
+            request_id = custom_attribute(attributes, REQUEST_ID_ATTRIBUTE) or uuid.uuid4().hex
+            if isinstance(err, WireError):
+                raise HandlerError(err.message, err.status, request_id, err.headers) from err
+            raise HandlerError(f"{type(err).__name__}: {err}", 500, request_id) from err
+
+    return wrapped
+
+
+@_documented_errors
 def input_handler(data: Any, context: Any) -> str:
     """Validate the photo and build the TF Serving REST request for the ``mask_png`` signature."""
     output = negotiate_output(context.accept_header)
@@ -184,6 +217,7 @@ def _prediction(response: Any) -> dict[str, Any]:
         raise RuntimeError(f"unexpected TF Serving response for {SIGNATURE!r}: {err!r}") from None
 
 
+@_documented_errors
 def output_handler(response: Any, context: Any) -> tuple[bytes, str]:
     """Turn TF Serving's ``mask_png`` answer into the format negotiated in ``input_handler``."""
     pending = getattr(_pending, "value", None)

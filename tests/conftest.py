@@ -32,6 +32,7 @@ SLOW_FIXTURES = frozenset(
         "s3_bucket",
         "endpoint_factory",
         "served_endpoint",
+        "aws_container_endpoint",
         "real_data",
         "tiny_saved_model",
         "packaged_model",
@@ -269,6 +270,36 @@ def served_endpoint(
     """
     with endpoint_factory(packaged_model) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def aws_container_endpoint(
+    packaged_model: Path, endpoint_factory: Callable[..., contextlib.AbstractContextManager[str]]
+) -> Iterator[str]:
+    """Like ``served_endpoint``, but ``carvana serve --container aws``: it answers exactly as the real
+    SageMaker TF Serving container (500 with ``{"error": str(e)}`` for every handler exception, no
+    body size limit before the handler). Shared by the session: do not stop or reconfigure it."""
+    with endpoint_factory(packaged_model, "--container", "aws") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def upload_with_grant() -> Callable[[dict, str, bytes, str], None]:
+    """``upload_with_grant(grant, filename, data, content_type)``: send a file with a ``POST /uploads``
+    grant as a browser or a studio tool would, multipart/form-data over real HTTP (fields first,
+    the file last, as S3 requires); asserts S3's 204."""
+    import requests
+
+    def upload(grant: dict, filename: str, data: bytes, content_type: str) -> None:
+        response = requests.post(
+            grant["upload"]["url"],
+            data=grant["upload"]["fields"],
+            files={"file": (filename, data, content_type)},
+            timeout=60,
+        )
+        assert response.status_code == 204, response.text
+
+    return upload
 
 
 @pytest.fixture()

@@ -19,17 +19,21 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
 import numpy as np
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
 from PIL import Image
 
 from local_aws import api_gateway as gateway
-from trainer.wire import rle_decode
+from trainer.wire import ENDPOINT_PAYLOAD_LIMIT, rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 CARVANA = Path(sys.executable).with_name("carvana")
@@ -87,7 +91,15 @@ def running_gateway(handler: Path, *args: str, env: dict[str, str] | None = None
             assert "carvana gateway: stopped" in out  # SIGTERM shuts it down cleanly
 
 
-def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
+def post(
+    url: str, body: bytes, headers: dict[str, str], sign: tuple[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """POST over real HTTP; ``sign=(key id, secret)`` signs it SigV4 for execute-api as a studio's
+    uploader would (botocore's signer, README "Calling the API")."""
+    if sign is not None:
+        signed = AWSRequest("POST", url, headers=headers, data=body)
+        SigV4Auth(Credentials(*sign), "execute-api", "us-east-1").add_auth(signed)
+        headers = dict(signed.headers.items())
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -105,7 +117,7 @@ def echo_handler(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def echo_v2(echo_handler: Path) -> Iterator[str]:
-    with running_gateway(echo_handler) as url:
+    with running_gateway(echo_handler, "--auth", "none") as url:
         yield url
 
 
@@ -197,7 +209,7 @@ def test_handler_exception_is_a_500_and_the_gateway_keeps_serving(echo_v2: str) 
 
 
 def test_payload_format_1_0_builds_rest_api_events(echo_handler: Path) -> None:
-    with running_gateway(echo_handler, "--payload-format", "1.0") as url:
+    with running_gateway(echo_handler, "--payload-format", "1.0", "--auth", "none") as url:
         status, _, body = post(
             f"{url}/mask?format=cutout&format=png", b"\x89PNG\r\n\x1a\n", {"Content-Type": "image/png"}
         )
@@ -216,13 +228,93 @@ def test_payload_format_1_0_builds_rest_api_events(echo_handler: Path) -> None:
 def test_bad_handler_or_route_is_a_clear_cli_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert gateway.main(["--handler", str(tmp_path / "missing.py")]) == 2
+    assert gateway.main(["--handler", str(tmp_path / "missing.py"), "--auth", "none"]) == 2
     assert f"handler file {tmp_path / 'missing.py'} does not exist" in capsys.readouterr().err
     (tmp_path / "fn.py").write_text("x = 1\n")
-    assert gateway.main(["--handler", str(tmp_path / "fn.py")]) == 2
+    assert gateway.main(["--handler", str(tmp_path / "fn.py"), "--auth", "none"]) == 2
     assert "has no function 'handler'" in capsys.readouterr().err
-    assert gateway.main(["--handler", str(tmp_path / "fn.py"), "--route", "mask"]) == 2
+    assert gateway.main(["--handler", str(tmp_path / "fn.py"), "--route", "mask", "--auth", "none"]) == 2
     assert "--route must look like 'POST /mask'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def echo_iam(echo_handler: Path) -> Iterator[str]:
+    """The echo function behind ``--auth iam`` (the default) with the key pair ``AKIDLOCAL``/``s3cret``."""
+    with running_gateway(
+        echo_handler, env={"AWS_ACCESS_KEY_ID": "AKIDLOCAL", "AWS_SECRET_ACCESS_KEY": "s3cret"}
+    ) as url:
+        yield url
+
+
+@pytest.mark.parametrize(
+    ("sign", "tamper", "message"),
+    [
+        (None, None, "Forbidden"),
+        (("AKIDLOCAL", "wrong"), None, "The request signature we calculated does not match"),
+        (("AKIDOTHER", "s3cret"), None, "The security token included in the request is invalid."),
+        (("AKIDLOCAL", "s3cret"), "body", "The request signature we calculated does not match"),
+        (("AKIDLOCAL", "s3cret"), "query", "The request signature we calculated does not match"),
+    ],
+    ids=["unsigned", "wrong-secret", "unknown-key", "body-changed", "query-changed"],
+)
+def test_iam_auth_refuses_what_api_gateway_refuses_and_never_calls_the_function(
+    echo_iam: str, sign: tuple[str, str] | None, tamper: str | None, message: str
+) -> None:
+    url, body = f"{echo_iam}/mask?format=png", b"\xff\xd8\xff photo"
+    headers = {"Content-Type": "image/jpeg"}
+    if sign is not None:
+        signed = AWSRequest("POST", url, headers=headers, data=body)
+        SigV4Auth(Credentials(*sign), "execute-api", "us-east-1").add_auth(signed)
+        headers = dict(signed.headers.items())
+    if tamper == "body":
+        body = b"\xff\xd8\xff other"
+    elif tamper == "query":
+        url = url.replace("png", "json")
+    status, _, answer = post(url, body, headers)
+    assert status == 403 and message in json.loads(answer)["message"]  # 201 would be the echo
+
+
+def test_iam_auth_serves_signed_requests_and_tells_the_function_who_signed(echo_iam: str) -> None:
+    status, _, body = post(
+        f"{echo_iam}/uploads", b"{}", {"Content-Type": "application/json"}, ("AKIDLOCAL", "s3cret")
+    )
+    event = json.loads(body)["event"]
+    assert status == 201 and event["routeKey"] == "POST /uploads"
+    assert event["requestContext"]["authorizer"]["iam"]["accessKey"] == "AKIDLOCAL"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_aws_sigv4_is_accepted(echo_iam: str) -> None:
+    """The README's unsigned-client recipe: curl signs with --aws-sigv4 (curl >= 7.75)."""
+    command = [
+        "curl",
+        "-sS",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:execute-api",
+        "--user",
+        "AKIDLOCAL:s3cret",
+        "--data-binary",
+        "photo",
+        "-H",
+        "Content-Type: image/jpeg",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        f"{echo_iam}/mask",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.stdout == "201", result.stderr
+
+
+def test_iam_auth_needs_a_key_pair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    (tmp_path / "fn.py").write_text("def handler(event, context):\n    return {}\n")
+    assert gateway.main(["--handler", str(tmp_path / "fn.py")]) == 2
+    assert "--auth iam needs the key pair requests are signed with" in capsys.readouterr().err
 
 
 def test_proxy_response_decodes_base64_bodies_and_infers_v2_json() -> None:
@@ -247,6 +339,7 @@ def test_proxy_response_decodes_base64_bodies_and_infers_v2_json() -> None:
 BUCKET = "studio-photos"
 REGION_AND_KEYS = {"region_name": "us-east-1", "aws_access_key_id": "test", "aws_secret_access_key": "test"}
 FAKE_AWS = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+KEYS = ("test", "test")  # the key pair the gateway (--auth iam) checks signatures against
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +379,9 @@ def mask_gateway(served_endpoint: str, moto_server: str) -> Iterator[str]:
 def test_posting_a_jpeg_returns_the_png_mask_of_the_photos_size(
     mask_gateway: str, car_jpg: Path, endpoint_mask: np.ndarray
 ) -> None:
-    status, headers, body = post(f"{mask_gateway}/mask", car_jpg.read_bytes(), {"Content-Type": "image/jpeg"})
+    status, headers, body = post(
+        f"{mask_gateway}/mask", car_jpg.read_bytes(), {"Content-Type": "image/jpeg"}, KEYS
+    )
     assert status == 200 and headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(body)) as mask:
         assert (mask.format, mask.mode, mask.size) == ("PNG", "L", Image.open(car_jpg).size)
@@ -297,7 +392,10 @@ def test_posting_a_jpeg_returns_the_png_mask_of_the_photos_size(
 def test_the_readmes_curl_command_writes_mask_png(
     mask_gateway: str, car_jpg: Path, endpoint_mask: np.ndarray
 ) -> None:
-    command = f"curl --data-binary @car.jpg -H 'Content-Type: image/jpeg' {mask_gateway}/mask -o mask.png"
+    command = (
+        'curl --aws-sigv4 "aws:amz:us-east-1:execute-api" --user "test:test" '
+        f"--data-binary @car.jpg -H 'Content-Type: image/jpeg' {mask_gateway}/mask -o mask.png"
+    )
     subprocess.run(command, shell=True, cwd=car_jpg.parent, check=True, capture_output=True, timeout=60)
     with Image.open(car_jpg.parent / "mask.png") as mask:
         assert mask.format == "PNG" and mask.size == (192, 128)
@@ -308,14 +406,16 @@ def test_json_and_cutout_formats_through_the_gateway(
     mask_gateway: str, car_jpg: Path, endpoint_mask: np.ndarray
 ) -> None:
     photo = car_jpg.read_bytes()
-    status, headers, body = post(f"{mask_gateway}/mask?format=json", photo, {"Content-Type": "image/jpeg"})
+    status, headers, body = post(
+        f"{mask_gateway}/mask?format=json", photo, {"Content-Type": "image/jpeg"}, KEYS
+    )
     assert status == 200 and headers["Content-Type"] == "application/json"
     result = json.loads(body)
     np.testing.assert_array_equal(
         rle_decode(result["rle"], result["height"], result["width"]) * 255, endpoint_mask
     )
     accept = {"Content-Type": "image/jpeg", "Accept": "image/png; variant=cutout"}
-    status, headers, body = post(f"{mask_gateway}/mask", photo, accept)
+    status, headers, body = post(f"{mask_gateway}/mask", photo, accept, KEYS)
     assert status == 200 and headers["Content-Type"] == "image/png; variant=cutout"
     with Image.open(io.BytesIO(body)) as cutout:
         assert cutout.mode == "RGBA" and cutout.size == (192, 128)
@@ -325,11 +425,11 @@ def test_json_and_cutout_formats_through_the_gateway(
 def test_bad_input_through_the_gateway_is_a_4xx_and_it_keeps_serving(
     mask_gateway: str, car_jpg: Path
 ) -> None:
-    status, _, body = post(f"{mask_gateway}/mask", b"hello", {"Content-Type": "text/plain"})
+    status, _, body = post(f"{mask_gateway}/mask", b"hello", {"Content-Type": "text/plain"}, KEYS)
     assert status == 415 and "Content-Type 'text/plain' is not supported" in json.loads(body)["error"]
-    status, _, body = post(f"{mask_gateway}/mask", b"GIF89a....", {"Content-Type": "image/jpeg"})
-    assert status == 400 and "not a JPEG or PNG image" in json.loads(body)["error"]
-    assert post(f"{mask_gateway}/mask", car_jpg.read_bytes(), {"Content-Type": "image/jpeg"})[0] == 200
+    status, _, body = post(f"{mask_gateway}/mask", b"GIF89a....", {"Content-Type": "image/jpeg"}, KEYS)
+    assert status == 415 and "photo format GIF is not supported" in json.loads(body)["error"]
+    assert post(f"{mask_gateway}/mask", car_jpg.read_bytes(), {"Content-Type": "image/jpeg"}, KEYS)[0] == 200
 
 
 def test_s3_uri_through_the_gateway_writes_the_result_to_s3(
@@ -338,7 +438,56 @@ def test_s3_uri_through_the_gateway_writes_the_result_to_s3(
     s3 = boto3.client("s3", endpoint_url=moto_server, **REGION_AND_KEYS)
     s3.put_object(Bucket=BUCKET, Key="incoming/big/car.jpg", Body=car_jpg.read_bytes())
     request = json.dumps({"s3_uri": f"s3://{BUCKET}/incoming/big/car.jpg", "format": "cutout"}).encode()
-    status, _, body = post(f"{mask_gateway}/mask", request, {"Content-Type": "application/json"})
+    status, _, body = post(f"{mask_gateway}/mask", request, {"Content-Type": "application/json"}, KEYS)
     assert status == 200 and json.loads(body)["output_uri"] == f"s3://{BUCKET}/masks/big/car.cutout.png"
     stored = s3.get_object(Bucket=BUCKET, Key="masks/big/car.cutout.png")["Body"].read()
     assert Image.open(io.BytesIO(stored)).size == (192, 128)
+
+
+def test_a_presigned_upload_then_the_mask_by_its_key(
+    mask_gateway: str, moto_server: str, car_jpg: Path, upload_with_grant: Callable[..., None]
+) -> None:
+    """A client without AWS credentials for S3: POST /uploads (signed for the API only), upload the
+    photo with the presigned POST over real HTTP (moto in server mode checks the policy), then ask
+    /mask for the key."""
+    status, _, body = post(
+        f"{mask_gateway}/uploads",
+        b'{"content_type": "image/jpeg"}',
+        {"Content-Type": "application/json"},
+        KEYS,
+    )
+    assert status == 200, body
+    grant = json.loads(body)
+    assert grant["s3_uri"].startswith(f"s3://{BUCKET}/incoming/uploads/") and grant["s3_uri"].endswith(".jpg")
+    assert grant["expires_in"] == 300 and grant["upload"]["url"].startswith(moto_server)
+    upload_with_grant(grant, "car.jpg", car_jpg.read_bytes(), "image/jpeg")
+    request = json.dumps({"s3_uri": grant["s3_uri"], "format": "json"}).encode()
+    status, _, body = post(f"{mask_gateway}/mask", request, {"Content-Type": "application/json"}, KEYS)
+    assert status == 200, body
+    key = grant["s3_uri"].split("/", 3)[3].replace("incoming/", "masks/", 1).replace(".jpg", ".rle.json")
+    assert json.loads(body)["output_uri"] == f"s3://{BUCKET}/{key}"
+    s3 = boto3.client("s3", endpoint_url=moto_server, **REGION_AND_KEYS)
+    stored = json.loads(s3.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    assert (stored["width"], stored["height"]) == (192, 128)
+
+    # The policy S3 enforces (moto accepts any POST, so the signed policy is checked here): this key
+    # only, this Content-Type, 1 byte to the limit, expiring in 5 minutes.
+    policy = json.loads(base64.b64decode(grant["upload"]["fields"]["policy"]))
+    conditions = policy["conditions"]
+    assert {"key": grant["s3_uri"].split("/", 3)[3]} in conditions and {
+        "Content-Type": "image/jpeg"
+    } in conditions
+    assert ["content-length-range", 1, ENDPOINT_PAYLOAD_LIMIT] in conditions and {
+        "bucket": BUCKET
+    } in conditions
+    expires = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert 240 < (expires - datetime.now(UTC)).total_seconds() <= 300
+
+
+def test_a_missing_upload_key_answers_like_a_forbidden_one(mask_gateway: str) -> None:
+    answers = []
+    for uri in (f"s3://{BUCKET}/incoming/uploads/0000.jpg", f"s3://{BUCKET}/masks/secret.jpg"):
+        request = json.dumps({"s3_uri": uri}).encode()
+        status, _, body = post(f"{mask_gateway}/mask", request, {"Content-Type": "application/json"}, KEYS)
+        answers.append((status, json.loads(body)["error"].replace(uri, "<uri>")))
+    assert answers[0] == answers[1] and answers[0][0] == 404

@@ -32,7 +32,7 @@ from PIL import Image
 from local_aws.endpoint import server
 from local_aws.endpoint.batching import BatchingConfig
 from local_aws.endpoint.process import EndpointStartError
-from trainer.wire import ENDPOINT_PAYLOAD_LIMIT, rle_decode
+from trainer.wire import ENDPOINT_PAYLOAD_LIMIT, parse_error_document, rle_decode
 
 CREDENTIALS = {"region_name": "us-east-1", "aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 
@@ -293,13 +293,21 @@ BAD_INPUTS = [
     ("bomb", "bomb", "image/png", "image/png", 413, "refused from its header before decoding"),
     ("json", b'{"instances": "x"}', "application/json", "image/png", 400, 'non-empty "instances" list'),
 ]
-
-
-@pytest.mark.parametrize(
+with_bad_inputs = pytest.mark.parametrize(
     ("body", "content_type", "accept", "status", "message"),
     [case[1:] for case in BAD_INPUTS],
     ids=[case[0] for case in BAD_INPUTS],
 )
+
+
+def bad_body(body: bytes | str | None, photo: bytes, png_header: Callable[[int, int], bytes]) -> bytes:
+    """A BAD_INPUTS body: None is the good photo (sent with a bad header), "bomb" a PNG claiming 8.1 GP."""
+    if body is None:
+        return photo
+    return png_header(90000, 90000) if body == "bomb" else body  # type: ignore[return-value]
+
+
+@with_bad_inputs
 def test_bad_input_is_4xx_with_its_message(
     served_endpoint: str,
     photo: bytes,
@@ -311,10 +319,12 @@ def test_bad_input_is_4xx_with_its_message(
     status: int,
     message: str,
 ) -> None:
-    body = photo if body is None else png_header(90000, 90000) if body == "bomb" else body
+    body = bad_body(body, photo, png_header)
     response = invocations(served_endpoint, body, content_type, accept)
     assert response.status_code == status
-    assert message in response.json()["error"]
+    answer = response.json()
+    assert message in answer["error"] and answer["status"] == status
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["request_id"])  # made by the handler: none was sent
 
     # Through SageMaker Runtime: ModelError (424) carrying the container's status and message.
     with pytest.raises(ClientError) as err:
@@ -330,6 +340,78 @@ def test_bad_input_is_4xx_with_its_message(
     # ...and the server goes on answering.
     assert requests.get(f"{served_endpoint}/ping", timeout=10).status_code == 200
     np.testing.assert_array_equal(png_array(invocations(served_endpoint, photo).content), reference_mask)
+
+
+@with_bad_inputs
+def test_the_aws_container_answers_every_handler_error_500_with_the_document_inside(
+    aws_container_endpoint: str,
+    photo: bytes,
+    png_header: Callable[[int, int], bytes],
+    body: bytes | str | None,
+    content_type: str,
+    accept: str,
+    status: int,
+    message: str,
+) -> None:
+    """As python_service.py: 500 and ``{"error": str(e)}``; str(e) is the handler's error document,
+    so the status it meant (and the request id from the custom attribute) can be read back."""
+    body = bad_body(body, photo, png_header)
+    headers = {"X-Amzn-SageMaker-Custom-Attributes": "carvana-request-id=req-9"}
+    response = invocations(aws_container_endpoint, body, content_type, accept, **headers)
+    assert response.status_code == 500 and set(response.json()) == {"error"}
+    document = parse_error_document(response.content)
+    assert document is not None and (document.status, document.request_id) == (status, "req-9")
+    assert message in document.message
+
+    with pytest.raises(ClientError) as err:
+        runtime_client(aws_container_endpoint).invoke_endpoint(
+            EndpointName="carvana-unet", Body=body, ContentType=content_type, Accept=accept
+        )
+    assert err.value.response["OriginalStatusCode"] == 500
+    assert "Received server error (500) from primary" in err.value.response["Error"]["Message"]
+    inner = parse_error_document(err.value.response["OriginalMessage"])
+    assert inner is not None and inner.status == status and message in inner.message
+
+
+def test_the_aws_container_has_no_size_limit_before_the_handler(
+    aws_container_endpoint: str, photo: bytes
+) -> None:
+    """nginx.conf.template's client_max_body_size 0: a 7 MB body reaches the handler, whose own
+    check answers (as 500); SageMaker Runtime's route keeps Runtime's own 6 MB limit."""
+    body = photo + bytes(ENDPOINT_PAYLOAD_LIMIT)
+    response = invocations(aws_container_endpoint, body)
+    document = parse_error_document(response.content)
+    assert response.status_code == 500 and document is not None and document.status == 413
+    assert f"photo is {len(body)} bytes, over the limit of {ENDPOINT_PAYLOAD_LIMIT} bytes" in document.message
+    with pytest.raises(ClientError) as err:
+        runtime_client(aws_container_endpoint).invoke_endpoint(
+            EndpointName="e", Body=body, ContentType="image/jpeg"
+        )
+    assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+
+
+@pytest.mark.parametrize("mode", ["carvana", "aws"])
+def test_custom_attributes_are_parsed_as_strictly_as_the_container(
+    request: pytest.FixtureRequest, mode: str, photo: bytes
+) -> None:
+    """tfs_utils.py: ``split("=")`` without strip. A value holding '=' fails before the handler (falcon's
+    own 500: a JSON title for JSON-accepting clients, else an empty body); a space stays in the name."""
+    url = request.getfixturevalue("served_endpoint" if mode == "carvana" else "aws_container_endpoint")
+    header = "X-Amzn-SageMaker-Custom-Attributes"
+    for accept, expected_body in (
+        ("application/json", b'{"title": "500 Internal Server Error"}'),
+        ("image/png", b""),
+    ):
+        bad = invocations(url, photo, accept=accept, **{header: "tfs-model-name=unet=2"})
+        if mode == "aws":
+            assert (bad.status_code, bad.content) == (500, expected_body)
+        else:
+            assert bad.status_code == 400
+            assert "custom attribute 'tfs-model-name=unet=2' holds more than one '='" in bad.json()["error"]
+    spaced = invocations(url, photo, **{header: "tfs-model-name=unet ,tfs-method=predict"})
+    document = parse_error_document(spaced.content)
+    assert document is not None and document.status == 404 and "Latest(unet )" in document.message
+    assert spaced.status_code == (500 if mode == "aws" else 404)
 
 
 def test_oversized_request_is_413_and_the_server_keeps_serving(

@@ -24,7 +24,15 @@ from serving.inference import (
     negotiate_output,
     output_handler,
 )
-from trainer.wire import MAX_PIXELS, MEDIA_CUTOUT_PNG, OutputFormat, PhotoLimits, WireError, rle_decode
+from trainer.wire import (
+    MAX_PIXELS,
+    MEDIA_CUTOUT_PNG,
+    OutputFormat,
+    PhotoLimits,
+    WireError,
+    parse_error_document,
+    rle_decode,
+)
 
 
 def context(content_type: str = "image/jpeg", accept: str = "image/png", rest_uri: str = "") -> Context:
@@ -111,7 +119,11 @@ def test_bad_requests_name_what_was_wrong(content_type: str, body: bytes, status
     with pytest.raises(WireError) as err:
         input_handler(io.BytesIO(body), context(content_type))
     assert err.value.status == status
-    assert message in str(err.value)
+    assert message in err.value.message
+    # str() is what survives the real container's {"error": str(e)}: the whole error document.
+    document = parse_error_document(json.dumps({"error": str(err.value)}))
+    assert document is not None and document.status == status and message in document.message
+    assert document.request_id and len(document.request_id) == 32  # none sent: the handler made one
 
 
 def test_formats_the_model_cannot_read_are_415(make_photo) -> None:

@@ -12,11 +12,16 @@ import base64
 import importlib
 import io
 import json
+import re
 import struct
 import subprocess
 import sys
 import sysconfig
+import threading
+import time
 import zlib
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -24,16 +29,20 @@ from typing import Any
 import boto3
 import numpy as np
 import pytest
+from botocore.exceptions import ClientError
 from PIL import Image
 
 from local_aws.api_gateway import LambdaContext, load_handler
 from local_aws.endpoint.process import free_port
-from trainer.wire import MEDIA_CUTOUT_PNG, rle_decode
+from trainer.wire import MEDIA_CUTOUT_PNG, parse_error_document, rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 HANDLER_FILE = REPO / "lambda" / "handler.py"
 BUCKET = "studio-photos"
 JPEG_HEAD = b"\xff\xd8\xff\xe0\x00\x10JFIF"
+NO_PHOTO = (
+    '"s3_uri" {uri}: no photo there that this API may read (photos go under s3://studio-photos/incoming/)'
+)
 
 
 @pytest.fixture(scope="module")
@@ -125,9 +134,13 @@ def text_event(body: bytes, content_type: str = "application/json") -> dict[str,
     return v1_event(body, content_type, base64_body=False)
 
 
-def error_of(response: dict[str, Any]) -> tuple[int, str]:
+def error_of(response: dict[str, Any], request_id: str = "req-0001") -> tuple[int, str]:
+    """``(status, message)`` of an error answer, once its body is checked to be the wire contract's
+    error document: the same status inside, and the function's request id."""
     assert response["headers"]["Content-Type"] == "application/json" and response["isBase64Encoded"] is False
-    return response["statusCode"], json.loads(response["body"])["error"]
+    body = json.loads(response["body"])
+    assert body["status"] == response["statusCode"] and body["request_id"] == request_id, body
+    return response["statusCode"], body["error"]
 
 
 @pytest.fixture(scope="module")
@@ -268,7 +281,10 @@ def test_config_reads_prefixes_as_folders(parts: dict[str, ModuleType]) -> None:
     ("event", "status", "expected"),
     [
         (v2_event(b"", "image/jpeg"), 400, "request body is empty"),
-        (v2_event(b"GIF89a\x01\x00", "image/jpeg"), 400, "body is not a JPEG or PNG image"),
+        (v2_event(b"GIF89a\x01\x00", "image/jpeg"), 415, "photo format GIF is not supported"),
+        (v2_event(b"hello, not a photo", "image/jpeg"), 400, "is not an image: expected JPEG or PNG"),
+        (v2_event(JPEG_HEAD, "image/jpeg"), 400, "JPEG is truncated"),
+        (v2_event(b"\xff\xd8\xff\xda\x00\x02", "image/jpeg"), 400, "JPEG is malformed"),
         (text_event(b"hello", "text/plain"), 415, "Content-Type 'text/plain' is not supported"),
         (v2_event(JPEG_HEAD, None), 415, "Content-Type '(none)' is not supported"),
         (v2_event(JPEG_HEAD, "image/jpeg", query={"format": "gif"}), 400, "format must be one of png, json"),
@@ -284,7 +300,10 @@ def test_config_reads_prefixes_as_folders(parts: dict[str, ModuleType]) -> None:
     ],
     ids=[
         "empty",
+        "gif",
         "not-an-image",
+        "truncated-jpeg",
+        "no-frame-header",
         "text",
         "no-type",
         "bad-format",
@@ -304,6 +323,18 @@ def test_bad_requests_get_4xx_that_say_what_was_wrong(
 ) -> None:
     got_status, message = error_of(lam.handler(event, context()))
     assert (got_status, expected in message) == (status, True), message
+
+
+def test_the_pixel_limit_is_checked_from_the_header_before_the_endpoint(
+    lam: ModuleType, env: pytest.MonkeyPatch
+) -> None:
+    """A few dozen bytes claiming 30000x30000 pixels: 413 from the Lambda itself (the endpoint in
+    ``env`` is unreachable, so reaching it would have been a 502)."""
+    status, message = error_of(lam.handler(v2_event(_png_header(30000, 30000), "image/png"), context()))
+    assert status == 413 and "30000x30000 = 900000000 pixels, over the limit of 16000000" in message
+    env.setenv("CARVANA_MAX_PIXELS", "1000")
+    status, message = error_of(lam.handler(v2_event(_png_header(40, 30), "image/png"), context()))
+    assert status == 413 and "over the limit of 1000 pixels" in message
 
 
 def test_photo_too_large_is_413_with_the_limit(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
@@ -335,19 +366,11 @@ def test_inline_photo_over_the_lambda_payload_is_413_pointing_to_s3(
         ),
         ("s3:///incoming/car.jpg", 400, '"s3_uri" has no valid bucket name'),
         (42, 400, '"s3_uri" must look like s3://bucket/key, got 42'),
-        (
-            f"s3://{BUCKET}/masks/car.jpg",
-            403,
-            "is outside the allowed input prefix s3://studio-photos/incoming/",
-        ),
-        (f"s3://{BUCKET}/incoming-old/car.jpg", 403, "outside the allowed input prefix"),
-        (f"s3://{BUCKET}/incoming/", 403, "outside the allowed input prefix"),
-        ("s3://someone-elses-bucket/incoming/car.jpg", 403, "outside the allowed input prefix"),
-        (
-            f"s3://{BUCKET}/incoming/missing.jpg",
-            404,
-            f'"s3_uri" s3://{BUCKET}/incoming/missing.jpg: no such object',
-        ),
+        (f"s3://{BUCKET}/masks/car.jpg", 404, NO_PHOTO),
+        (f"s3://{BUCKET}/incoming-old/car.jpg", 404, NO_PHOTO),
+        (f"s3://{BUCKET}/incoming/", 404, NO_PHOTO),
+        ("s3://someone-elses-bucket/incoming/car.jpg", 404, NO_PHOTO),
+        (f"s3://{BUCKET}/incoming/missing.jpg", 404, NO_PHOTO),
     ],
     ids=[
         "https",
@@ -365,7 +388,21 @@ def test_bad_s3_uris_get_4xx_that_say_what_was_wrong(
 ) -> None:
     body = json.dumps({"s3_uri": s3_uri}).encode()
     got_status, message = error_of(lam.handler(text_event(body), context()))
+    expected = expected.format(uri=s3_uri)
     assert (got_status, expected in message) == (status, True), message
+
+
+def test_a_missing_key_answers_exactly_as_a_forbidden_one(
+    lam: ModuleType, env: pytest.MonkeyPatch, moto_s3: str
+) -> None:
+    """Same status, same message but for the URI: the answer never tells whether a key exists."""
+    s3_client(moto_s3).put_object(Bucket=BUCKET, Key="masks/exists.jpg", Body=b"secret")
+    answers = []
+    for key in ("incoming/missing.jpg", "masks/exists.jpg", "masks/missing.jpg"):
+        uri = f"s3://{BUCKET}/{key}"
+        status, message = error_of(lam.handler({"s3_uri": uri}, context()))
+        answers.append((status, message.replace(uri, "<uri>")))
+    assert len(set(answers)) == 1 and answers[0][0] == 404, answers
 
 
 def test_s3_object_over_the_limit_is_413_before_download(
@@ -383,8 +420,10 @@ def test_s3_input_needs_both_prefixes(lam: ModuleType, env: pytest.MonkeyPatch) 
     assert status == 400 and "S3 input is not enabled here" in message
 
 
-def test_unreachable_endpoint_is_502_naming_it(lam: ModuleType, env: pytest.MonkeyPatch) -> None:
-    status, message = error_of(lam.handler(v2_event(JPEG_HEAD, "image/jpeg"), context()))
+def test_unreachable_endpoint_is_502_naming_it(
+    lam: ModuleType, env: pytest.MonkeyPatch, make_photo: Callable[..., bytes]
+) -> None:
+    status, message = error_of(lam.handler(v2_event(make_photo(), "image/jpeg"), context()))
     assert status == 502 and "could not reach endpoint carvana-unet" in message
 
 
@@ -402,8 +441,8 @@ def test_each_request_logs_one_json_line(
         and line["api_request_id"] == "api-v2-id"
         and line["source"] == "http-api-v2"
     )
-    assert (line["status"], line["format"], line["size_bytes"]) == (400, "json", 6)
-    assert line["latency_ms"] == 12.3 and "not a JPEG or PNG" in line["error"]
+    assert (line["status"], line["format"], line["size_bytes"]) == (415, "json", 6)
+    assert line["latency_ms"] == 12.3 and "photo format GIF is not supported" in line["error"]
 
 
 # ---- against the real local endpoint ----------------------------------------------------------
@@ -538,20 +577,149 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT") + _png_chunk(b"IEND")
 
 
-@pytest.mark.parametrize(
-    ("body", "status", "expected"),
-    [
-        (JPEG_HEAD + b"not really a jpeg", 400, "JPEG is malformed"),
-        (_png_header(30000, 30000), 413, "pixels"),
-    ],
-    ids=["truncated-jpeg", "decompression-bomb"],
-)
-def test_photos_the_endpoint_refuses_keep_its_4xx_and_message(
-    lam: ModuleType, live: pytest.MonkeyPatch, body: bytes, status: int, expected: str
+@pytest.fixture(params=["carvana", "aws"])
+def either_container(request: pytest.FixtureRequest, env: pytest.MonkeyPatch) -> str:
+    """The function pointed at ``carvana serve`` in each container mode: its own 4xx, and the real
+    container's 500 for every handler exception (``--container aws``); the mapping must hold in both."""
+    fixture = "served_endpoint" if request.param == "carvana" else "aws_container_endpoint"
+    env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", request.getfixturevalue(fixture))
+    return str(request.param)
+
+
+def test_photos_only_the_endpoint_can_refuse_keep_its_4xx_through_either_container(
+    lam: ModuleType, env: pytest.MonkeyPatch, either_container: str, photo: bytes
 ) -> None:
-    got_status, message = error_of(lam.handler(v2_event(body, "image/jpeg"), context()))
-    assert got_status == status and message.startswith("endpoint carvana-unet rejected the photo: ")
-    assert expected in message and "{" not in message  # the container's {"error": ...} unwrapped
+    """A JPEG whose header is fine but whose data ends half-way passes the Lambda's screen and is
+    refused by the model's decoder (400); a photo over the endpoint's pixel limit but not the
+    Lambda's (set higher here) is refused by the endpoint's handler (413). Through the real
+    container's 500 the status comes back from the error document in its body."""
+    cut = photo[: len(photo) // 2]
+    status, message = error_of(lam.handler(v2_event(cut, "image/jpeg"), context()))
+    assert status == 400 and message.startswith("endpoint carvana-unet rejected the photo: "), message
+    assert "TF Serving answered 400: jpeg::Uncompress failed. Invalid JPEG data" in message
+    assert '"status"' not in message and '"error"' not in message  # the document unwrapped
+    env.setenv("CARVANA_MAX_PIXELS", str(10**9))
+    response = lam.handler(v2_event(_png_header(30000, 30000), "image/png"), context("req-bomb"))
+    status, message = error_of(response, "req-bomb")
+    assert status == 413 and "900000000 pixels, over the limit of 16000000" in message
+    sagemaker_id = json.loads(response["body"])["sagemaker_request_id"]
+    assert re.fullmatch(r"[0-9a-f-]{36}", sagemaker_id)  # SageMaker's x-amzn-RequestId
+
+
+def test_the_handler_names_the_functions_request_id_in_its_error(
+    either_container: str, env: pytest.MonkeyPatch, photo: bytes
+) -> None:
+    """The request id the Lambda sends as a custom attribute comes back inside the error document,
+    wrapped once more by the real container: the endpoint's log and the caller's answer match."""
+    runtime = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    with pytest.raises(ClientError) as raised:
+        runtime.invoke_endpoint(
+            EndpointName="carvana-unet",
+            Body=JPEG_HEAD,
+            ContentType="image/jpeg",
+            CustomAttributes="carvana-request-id=req-77",
+        )
+    response = raised.value.response
+    expected_status = 500 if either_container == "aws" else 400
+    assert (response["Error"]["Code"], response["OriginalStatusCode"]) == ("ModelError", expected_status)
+    document = parse_error_document(response["OriginalMessage"])
+    assert document is not None and (document.status, document.request_id) == (400, "req-77")
+    assert "JPEG is truncated" in document.message
+
+
+def test_too_little_time_left_is_504_at_once(lam: ModuleType, env: pytest.MonkeyPatch, photo: bytes) -> None:
+    """With 1.2 s left the endpoint is not called (it is unreachable here: calling it would be 502)."""
+    started = time.monotonic()
+    late = LambdaContext("mask", "req-late", 256, deadline=time.monotonic() + 1.2)
+    status, message = error_of(lam.handler(v2_event(photo, "image/jpeg"), late), "req-late")
+    assert status == 504 and "of the function's time are left: not enough to call endpoint" in message
+    assert time.monotonic() - started < 0.5
+
+
+class FakeRuntime(ThreadingHTTPServer):
+    """SageMaker Runtime's error answers on the wire, as botocore's sagemaker-runtime model reads them
+    (``x-amzn-ErrorType``, ``x-amzn-RequestId``, a JSON body): what AWS sends but a local endpoint
+    never does. ``answer`` is ``(status, error type)``, or ``("slow", seconds)``."""
+
+    answer: tuple[Any, Any] = (400, "ThrottlingException")
+
+
+class FakeRuntimeHandler(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        first, second = self.server.answer  # type: ignore[attr-defined]
+        if first == "slow":
+            time.sleep(second)
+            return
+        fields = (
+            {"OriginalStatusCode": 503, "OriginalMessage": '{"error": "busy"}'}
+            if second == "ModelError"
+            else {}
+        )
+        body = json.dumps({"message": f"{second} from the fake runtime", **fields}).encode()
+        self.send_response(first)
+        self.send_header("x-amzn-ErrorType", second)
+        self.send_header("x-amzn-RequestId", "sm-fake-0001")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_runtime(env: pytest.MonkeyPatch) -> Iterator[FakeRuntime]:
+    server = FakeRuntime(("127.0.0.1", 0), FakeRuntimeHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", f"http://127.0.0.1:{server.server_address[1]}")
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "retry_after", "expected"),
+    [
+        ((400, "ThrottlingException"), 429, "2", "is busy (ThrottlingException)"),
+        ((429, "ModelNotReadyException"), 503, "10", "is not ready (ModelNotReadyException)"),
+        ((503, "ServiceUnavailable"), 503, "10", "is not ready (ServiceUnavailable)"),
+        ((500, "InternalFailure"), 502, None, "endpoint carvana-unet failed"),
+        ((424, "ModelError"), 503, "10", "endpoint carvana-unet could not take the photo: busy"),
+    ],
+    ids=["throttled", "not-ready", "unavailable", "internal", "container-busy"],
+)
+def test_runtime_refusals_keep_their_meaning_with_retry_after(
+    lam: ModuleType,
+    fake_runtime: FakeRuntime,
+    photo: bytes,
+    answer: tuple[int, str],
+    status: int,
+    retry_after: str | None,
+    expected: str,
+) -> None:
+    fake_runtime.answer = answer
+    response = lam.handler(v2_event(photo, "image/jpeg"), context())
+    got_status, message = error_of(response)
+    assert got_status == status and expected in message, message
+    assert response["headers"].get("Retry-After") == retry_after
+    assert json.loads(response["body"])["sagemaker_request_id"] == "sm-fake-0001"
+
+
+def test_the_endpoint_calls_read_timeout_follows_the_remaining_time(
+    lam: ModuleType, fake_runtime: FakeRuntime, photo: bytes
+) -> None:
+    """4 s left: the call gets 2 s (less the margin, whole seconds) and the answer is a 504 with a
+    message in about that time, while the endpoint would have taken 10 s."""
+    fake_runtime.answer = ("slow", 10)
+    started = time.monotonic()
+    ctx = LambdaContext("mask", "req-slow", 256, deadline=time.monotonic() + 4.0)
+    status, message = error_of(lam.handler(v2_event(photo, "image/jpeg"), ctx), "req-slow")
+    elapsed = time.monotonic() - started
+    assert status == 504 and "did not answer within 2 s" in message
+    assert 1.5 < elapsed < 3.5, elapsed
 
 
 def test_success_is_logged_with_size_format_and_latency(
@@ -566,3 +734,53 @@ def test_success_is_logged_with_size_format_and_latency(
     )
     assert (line["status"], line["format"], line["size_bytes"]) == (200, "json", len(photo))
     assert line["latency_ms"] > 0 and "error" not in line
+
+
+def upload_event(body: bytes = b"", content_type: str = "application/json") -> dict[str, Any]:
+    """An HTTP API event for ``POST /uploads`` (a JSON body, not base64)."""
+    event = v2_event(body, content_type)
+    event.update(rawPath="/uploads", routeKey="POST /uploads", isBase64Encoded=False, body=body.decode())
+    event["requestContext"]["http"]["path"] = "/uploads"
+    return event
+
+
+def test_uploads_hand_out_a_presigned_post_under_the_input_prefix(
+    lam: ModuleType,
+    env: pytest.MonkeyPatch,
+    moto_s3: str,
+    photo: bytes,
+    upload_with_grant: Callable[..., None],
+) -> None:
+    """The grant works over real HTTP against moto in server mode, and the mask request by its key
+    then reads the uploaded photo (the endpoint is unreachable here: 502 proves the photo was read
+    and passed the header screen)."""
+    env.setenv("MAX_IMAGE_BYTES", "500000")
+    response = lam.handler(upload_event(b'{"content_type": "image/png"}'), context())
+    assert response["statusCode"] == 200, response["body"]
+    grant = json.loads(response["body"])
+    assert re.fullmatch(rf"s3://{BUCKET}/incoming/uploads/[0-9a-f]{{32}}\.png", grant["s3_uri"])
+    assert (grant["expires_in"], grant["max_bytes"]) == (300, 500000)
+    policy = json.loads(base64.b64decode(grant["upload"]["fields"]["policy"]))
+    assert ["content-length-range", 1, 500000] in policy["conditions"]
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(photo)).save(buffer, format="PNG")
+    upload_with_grant(grant, "car.png", buffer.getvalue(), "image/png")
+    status, message = error_of(lam.handler({"s3_uri": grant["s3_uri"]}, context()))
+    assert status == 502 and "could not reach endpoint carvana-unet" in message
+
+
+@pytest.mark.parametrize(
+    ("body", "unset", "status", "expected"),
+    [
+        (b'{"content_type": "image/gif"}', None, 415, '"content_type" must be one of image/jpeg, image/png'),
+        (b"", "INPUT_S3_PREFIX", 400, "uploads are not enabled here"),
+    ],
+    ids=["gif", "no-prefix"],
+)
+def test_uploads_refuse_what_cannot_be_masked(
+    lam: ModuleType, env: pytest.MonkeyPatch, body: bytes, unset: str | None, status: int, expected: str
+) -> None:
+    if unset:
+        env.delenv(unset)
+    got_status, message = error_of(lam.handler(upload_event(body), context()))
+    assert got_status == status and expected in message, message

@@ -76,20 +76,56 @@ def test_function_runs_the_handler_on_python312_with_its_config(template: dict[s
         "INPUT_S3_PREFIX",
         "OUTPUT_S3_PREFIX",
         "MAX_IMAGE_BYTES",
+        "CARVANA_MAX_PIXELS",
         "LOG_LEVEL",
     }
+    assert props["ReservedConcurrentExecutions"] == {"Ref": "ReservedConcurrency"}
+    assert template["Parameters"]["ReservedConcurrency"]["MinValue"] >= 1
     assert {"EndpointName", "Bucket", "InputPrefix", "OutputPrefix"} <= set(template["Parameters"])
 
 
-def test_api_route_is_post_mask_and_its_url_is_an_output(template: dict[str, Any]) -> None:
+def test_api_routes_are_post_mask_and_uploads_and_their_urls_are_outputs(template: dict[str, Any]) -> None:
     resources = template["Resources"]
-    assert resources["MaskApi"]["Type"] == "AWS::Serverless::HttpApi"
-    event = resources["MaskFunction"]["Properties"]["Events"]["Mask"]
-    assert event["Type"] == "HttpApi"
-    assert event["Properties"]["Path"] == "/mask" and event["Properties"]["Method"] == "POST"
-    assert event["Properties"]["PayloadFormatVersion"] == "2.0"
-    url = template["Outputs"]["MaskApiUrl"]["Value"]["Fn::Sub"]
-    assert url.startswith("https://${MaskApi}.execute-api.") and url.endswith("/mask")
+    assert resources["MaskApi"]["Type"] == "AWS::ApiGatewayV2::Api"
+    assert resources["MaskApi"]["Properties"]["ProtocolType"] == "HTTP"
+    integration = resources["MaskIntegration"]["Properties"]
+    assert integration["IntegrationUri"] == {"Fn::GetAtt": ["MaskFunction", "Arn"]}
+    assert (integration["PayloadFormatVersion"], integration["TimeoutInMillis"]) == ("2.0", 29000)
+    routes = {
+        r["Properties"]["RouteKey"] for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Route"
+    }
+    assert routes == {"POST /mask", "POST /uploads"}
+    assert "Events" not in resources["MaskFunction"]["Properties"]  # no open route SAM would add
+    for name, path in (("MaskApiUrl", "/mask"), ("UploadsUrl", "/uploads")):
+        url = template["Outputs"][name]["Value"]["Fn::Sub"]
+        assert url.startswith("https://${MaskApi}.execute-api.") and url.endswith(path)
+
+
+def test_every_route_is_authenticated_iam_by_default_or_jwt(template: dict[str, Any]) -> None:
+    """No route without an authorizer: AWS_IAM (SigV4) unless AuthMode is JWT, then the JWT authorizer."""
+    params = template["Parameters"]
+    assert params["AuthMode"]["Default"] == "IAM" and params["AuthMode"]["AllowedValues"] == ["IAM", "JWT"]
+    assert template["Conditions"]["UseJwt"] == {"Fn::Equals": [{"Ref": "AuthMode"}, "JWT"]}
+    resources = template["Resources"]
+    for route in (r for r in resources.values() if r["Type"] == "AWS::ApiGatewayV2::Route"):
+        props = route["Properties"]
+        assert props["AuthorizationType"] == {"Fn::If": ["UseJwt", "JWT", "AWS_IAM"]}
+        assert props["AuthorizerId"] == {
+            "Fn::If": ["UseJwt", {"Ref": "MaskJwtAuthorizer"}, {"Ref": "AWS::NoValue"}]
+        }
+    jwt = resources["MaskJwtAuthorizer"]
+    assert jwt["Condition"] == "UseJwt" and jwt["Properties"]["AuthorizerType"] == "JWT"
+    assert jwt["Properties"]["JwtConfiguration"] == {
+        "Issuer": {"Ref": "JwtIssuer"},
+        "Audience": [{"Ref": "JwtAudience"}],
+    }
+    assert "JwtNeedsIssuerAndAudience" in template["Rules"]
+    invoke = resources["MaskApiInvokePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert [s["Action"] for s in invoke] == ["execute-api:Invoke"]
+    assert [r["Fn::Sub"].rsplit("/", 2)[-2:] for r in invoke[0]["Resource"]] == [
+        ["POST", "mask"],
+        ["POST", "uploads"],
+    ]
 
 
 def test_role_is_assumable_by_lambda_only(template: dict[str, Any]) -> None:
@@ -105,7 +141,7 @@ def test_role_statements_are_exactly_scoped(template: dict[str, Any]) -> None:
     assert set(statements) == {
         "InvokeTheEndpoint",
         "ReadInputPhotos",
-        "ListInputPhotos",
+        "PresignUploads",
         "WriteResults",
         "WriteLogs",
     }
@@ -124,15 +160,16 @@ def test_role_statements_are_exactly_scoped(template: dict[str, Any]) -> None:
         "s3:PutObject",
         {"Fn::Sub": partition + ":s3:::${Bucket}/${OutputPrefix}*"},
     )
-    assert scoped["ListInputPhotos"] == ("s3:ListBucket", {"Fn::Sub": partition + ":s3:::${Bucket}"})
-    assert statements["ListInputPhotos"]["Condition"] == {
-        "StringLike": {"s3:prefix": {"Fn::Sub": "${InputPrefix}*"}}
-    }
+    # No s3:ListBucket: a missing key must read as a forbidden one.
+    assert scoped["PresignUploads"] == (
+        "s3:PutObject",
+        {"Fn::Sub": partition + ":s3:::${Bucket}/${InputPrefix}uploads/*"},
+    )
     assert scoped["WriteLogs"] == (
         ["logs:CreateLogStream", "logs:PutLogEvents"],
         {"Fn::GetAtt": ["MaskFunctionLogs", "Arn"]},
     )
-    assert all("Condition" not in s for sid, s in statements.items() if sid != "ListInputPhotos")
+    assert all("Condition" not in s for s in statements.values())
 
 
 def test_parameters_refuse_names_and_prefixes_that_would_widen_the_policy(template: dict[str, Any]) -> None:
@@ -151,3 +188,6 @@ def test_the_photo_size_limit_is_the_wire_contracts(template: dict[str, Any]) ->
 
     limit = template["Parameters"]["MaxImageBytes"]
     assert limit["Default"] == limit["MaxValue"] == ENDPOINT_PAYLOAD_LIMIT
+    from trainer.wire import MAX_PIXELS
+
+    assert template["Parameters"]["MaxPixels"]["Default"] == MAX_PIXELS

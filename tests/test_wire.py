@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -15,7 +16,17 @@ import pytest
 from PIL import Image
 
 from trainer import wire
-from trainer.wire import OutputFormat, WireError, rle_decode, rle_encode
+from trainer.wire import (
+    ErrorDocument,
+    HandlerError,
+    OutputFormat,
+    WireError,
+    custom_attribute,
+    error_document,
+    parse_error_document,
+    rle_decode,
+    rle_encode,
+)
 
 
 def test_importing_the_wire_contract_imports_no_numpy_or_pillow() -> None:
@@ -189,3 +200,55 @@ def test_json_bodies_must_be_one_object() -> None:
     with pytest.raises(WireError, match=r"^JSON body must be an object, got list$") as err:
         wire.json_object(b"[1, 2]")
     assert err.value.status == 400
+
+
+# ---- error documents (what survives the real container) -----------------------------------------
+
+
+def test_handler_errors_str_is_the_error_document() -> None:
+    error = HandlerError("photo is too big", 413, "req-1", {"Retry-After": "1"})
+    assert json.loads(str(error)) == {"error": "photo is too big", "status": 413, "request_id": "req-1"}
+    assert (error.message, error.status, error.headers) == ("photo is too big", 413, {"Retry-After": "1"})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # carvana serve's flat document
+        ('{"error": "bad", "status": 415, "request_id": "r"}', ErrorDocument("bad", 415, "r")),
+        # the real container's {"error": str(e)} around it, as text and as bytes
+        (json.dumps({"error": error_document("bad", 413, "r2")}), ErrorDocument("bad", 413, "r2")),
+        (json.dumps({"error": error_document("bad", 400)}).encode(), ErrorDocument("bad", 400, None)),
+        # a plain error (TF Serving, an older handler): the message, no status
+        ('{"error": "Servable not found"}', ErrorDocument("Servable not found")),
+        ('{"error": "{not json"}', ErrorDocument("{not json")),
+        # statuses that are not HTTP error statuses are not trusted
+        ('{"error": "x", "status": 200}', ErrorDocument("x")),
+        ('{"error": "x", "status": true}', ErrorDocument("x")),
+        ("<html>502 Bad Gateway</html>", None),
+        ('["error"]', None),
+        ("", None),
+    ],
+    ids=[
+        "flat",
+        "wrapped",
+        "wrapped-bytes",
+        "plain",
+        "inner-not-json",
+        "status-200",
+        "status-bool",
+        "html",
+        "list",
+        "empty",
+    ],
+)
+def test_error_documents_are_read_back_through_any_wrapping(
+    text: str | bytes, expected: ErrorDocument | None
+) -> None:
+    assert parse_error_document(text) == expected
+
+
+def test_custom_attribute_reads_one_name() -> None:
+    header = "tfs-model-name=unet, carvana-request-id=abc-1,other"
+    assert custom_attribute(header, "carvana-request-id") == "abc-1"
+    assert custom_attribute(header, "missing") is None and custom_attribute(None, "x") is None

@@ -410,6 +410,91 @@ def sniff_photo(photo: bytes) -> str:
     raise WireError(f"body is not a JPEG or PNG image (it starts with {photo[:8]!r})")
 
 
+# ---- errors that survive the real container (issue 9) --------------------------------------------
+# The real SageMaker TF Serving container answers *any* exception from input_handler/output_handler
+# with HTTP 500 and the body {"error": str(exception)} (aws/deep-learning-containers,
+# tensorflow/inference/docker/build_artifacts/sagemaker/python_service.py): the status the handler
+# meant is lost, only str() survives. So the handler raises errors whose str() is itself a JSON
+# error document carrying the status and the request id; SageMaker Runtime relays the body as
+# ModelError's OriginalMessage, and the Lambda reads the status back from it. ``carvana serve``
+# answers the same document as the body, under the status itself.
+
+# The custom attribute the Lambda sends its request id in (X-Amzn-SageMaker-Custom-Attributes reaches
+# the handler as context.custom_attributes; the container itself only reads the tfs-* ones).
+REQUEST_ID_ATTRIBUTE = "carvana-request-id"
+
+
+class ErrorDocument(NamedTuple):
+    """What an error body says: the message, the HTTP status meant, and whose request it was."""
+
+    message: str
+    status: int | None = None
+    request_id: str | None = None
+
+
+def error_body(message: str, status: int, request_id: str | None = None, **extra: Any) -> dict[str, Any]:
+    """The one error body shape: ``{"error": message, "status": 413, "request_id": ..., **extra}``."""
+    return {"error": message, "status": status, "request_id": request_id, **extra}
+
+
+def error_document(message: str, status: int, request_id: str | None = None) -> str:
+    """:func:`error_body` as JSON text: what the handler's exception's str() is."""
+    return json.dumps(error_body(message, status, request_id))
+
+
+def parse_error_document(text: str | bytes | None) -> ErrorDocument | None:
+    """Read an error body back, whichever side wrapped it: ``carvana serve``'s flat document, or the
+    real container's ``{"error": "<that document as text>"}``. None when ``text`` is no JSON object
+    with an ``"error"`` (an HTML page from a proxy, say); ``status`` is None when no valid status is
+    given (a plain ``{"error": "..."}`` from TF Serving or an older handler)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        document = json.loads(text or "")
+    except ValueError:
+        return None
+    for _ in range(3):  # the document itself, the container's wrapper, one spare level
+        if not isinstance(document, dict) or "error" not in document:
+            return None
+        status, request_id = document.get("status"), document.get("request_id")
+        if isinstance(status, int) and not isinstance(status, bool) and 400 <= status <= 599:
+            return ErrorDocument(
+                str(document["error"]), status, None if request_id is None else str(request_id)
+            )
+        inner = document["error"]
+        try:
+            nested = json.loads(inner) if isinstance(inner, str) and inner.lstrip().startswith("{") else None
+        except ValueError:
+            nested = None
+        if not (isinstance(nested, dict) and "error" in nested):
+            return ErrorDocument(str(inner))
+        document = nested
+    return None
+
+
+class HandlerError(WireError):
+    """A WireError whose str() is its :func:`error_document`, so it survives the real container's
+    ``{"error": str(exception)}``; ``message`` and ``status`` stay as they were."""
+
+    def __init__(
+        self, message: str, status: int, request_id: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, status, headers)
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        return error_document(self.message, self.status, self.request_id)
+
+
+def custom_attribute(header: str | None, name: str) -> str | None:
+    """``name``'s value in an ``X-Amzn-SageMaker-Custom-Attributes`` header (``a=1,b=2``), else None."""
+    for item in (header or "").split(","):
+        key, sep, value = item.strip().partition("=")
+        if sep and key == name:
+            return value.strip()
+    return None
+
+
 # ---- Kaggle RLE --------------------------------------------------------------------------------
 
 

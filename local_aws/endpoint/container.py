@@ -10,9 +10,20 @@ what ``output_handler`` makes of the ``requests`` response. The handlers are the
 ``code/inference.py`` (with ``code/`` and ``code/lib`` importable, as the container sets
 ``--pythonpath``) when the model carries one, else :mod:`serving.inference`.
 
-One difference, on purpose: the container answers every handler exception with 500; here an
-exception's ``status`` (400-599, as :class:`trainer.wire.WireError` carries it) is honoured, so bad
-input reads as a client error locally.
+Two ways to answer a handler's exception (``carvana serve --container``):
+
+- ``aws``: exactly as the real container (python_service.py ``_handle_invocation_post``): **500**
+  with ``{"error": str(exception)}`` for every exception. Our handler's str() is the JSON error
+  document (trainer.wire.error_document), so the status it meant travels inside that body.
+- ``carvana`` (the default): the exception's ``status`` (400-599) is the HTTP status, and the body
+  is the error document itself (``{"error", "status", "request_id"}``): the same fields, unwrapped.
+
+Custom attributes are parsed as strictly as the real tfs_utils.py ``parse_tfs_custom_attributes``
+in both modes: ``re.findall(r"(tfs-[a-z-]+=[^,]+)")`` then ``split("=")`` with no strip, so a
+space stays in the value, and a value holding ``=`` fails *before* the handler (outside the
+container's try): falcon's own uncaught-error answer, 500 with ``{"title": "500 Internal Server
+Error"}`` when the Accept header allows JSON and an empty body otherwise (``aws``), or 400 with a
+message saying why (``carvana``).
 
 The runtime route answers like SageMaker Runtime, so unchanged boto3 ``invoke_endpoint`` and the
 SDK's predictors work against it: the container's body and Content-Type with
@@ -40,7 +51,7 @@ from typing import Any, Protocol
 import flask
 import requests
 
-from trainer.wire import MEDIA_JSON
+from trainer.wire import MEDIA_JSON, ErrorDocument, error_body, media_type, parse_error_document
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +84,23 @@ class Health(Protocol):
 
 
 def parse_tfs_attributes(header: str | None) -> dict[str, str]:
-    """``tfs-*`` pairs from the custom attributes header (other attributes are the handler's)."""
+    """``tfs-*`` pairs from the custom attributes header (other attributes are the handler's).
+
+    The real container's parse, kept as strict: no strip, and ValueError for a value holding ``=``
+    (``dict()`` of a three-part split), which the container does not catch.
+    """
     pairs = re.findall(r"(tfs-[a-z\-]+=[^,]+)", header or "")
-    return dict(pair.strip().split("=", 1) for pair in pairs)
+    return dict(_pair(pair.split("=")) for pair in pairs)
+
+
+def _pair(parts: list[str]) -> tuple[str, str]:
+    if len(parts) != 2:  # what dict() raises on the container's split, with our own words
+        raise ValueError(
+            f"custom attribute {'='.join(parts)!r} holds more than one '=': the container's "
+            "tfs_utils.py cannot parse it (dictionary update sequence element has length "
+            f"{len(parts)}; 2 is required)"
+        )
+    return parts[0], parts[1]
 
 
 def make_rest_uri(port: int, attributes: Mapping[str, str], default_model_name: str) -> str:
@@ -137,13 +162,33 @@ def _error_status(err: Exception) -> int:
     return status if isinstance(status, int) and 400 <= status <= 599 else 500
 
 
+# ``carvana serve --container``: how handler exceptions are answered (see the module docstring).
+CONTAINER_MODES = ("carvana", "aws")
+
+
+def falcon_uncaught_error(accept: str | None) -> tuple[int, bytes, str]:
+    """What falcon 3 answers for an exception outside the container's try (its default
+    ``_python_error_handler``: HTTPInternalServerError, serialized only for JSON-accepting clients;
+    the TF 2.19 inference image pins falcon 3.1). Not reproduced: the XML body falcon writes for
+    clients preferring XML, and Accept weights (the handlers here never answer XML)."""
+    ranges = [media_type(item)[0] for item in (accept or "*/*").split(",")]
+    if any(r in ("*/*", "application/*", MEDIA_JSON) or r.endswith("+json") for r in ranges):
+        return 500, json.dumps({"title": "500 Internal Server Error"}).encode(), MEDIA_JSON
+    return 500, b"", MEDIA_JSON
+
+
 class Container:
     """``/invocations``: the model's handlers in front of TF Serving's REST port."""
 
-    def __init__(self, handlers: Handlers, rest_port: int, default_model_name: str) -> None:
+    def __init__(
+        self, handlers: Handlers, rest_port: int, default_model_name: str, mode: str = "carvana"
+    ) -> None:
+        if mode not in CONTAINER_MODES:
+            raise ValueError(f"container mode must be one of {', '.join(CONTAINER_MODES)}, got {mode!r}")
         self.handlers = handlers
         self.rest_port = rest_port
         self.default_model_name = default_model_name
+        self.mode = mode
 
     def context(self, headers: Headers, content_length: int | None) -> Context:
         """The container's Context for a request's headers (a case-insensitive mapping)."""
@@ -163,15 +208,27 @@ class Container:
         )
 
     def invoke(self, body: bytes, headers: Headers) -> tuple[int, bytes, str]:
-        """Run the handlers: ``(status, body, content type)``; errors as ``{"error": message}``."""
-        context = self.context(headers, len(body))
+        """Run the handlers: ``(status, body, content type)``; errors answered per ``mode``."""
+        try:
+            context = self.context(headers, len(body))
+        except ValueError as err:  # the container parses attributes before its try
+            log.error("request refused before the handler: %s", err)
+            if self.mode == "aws":
+                return falcon_uncaught_error(headers.get("Accept"))
+            return 400, json.dumps(error_body(str(err), 400)).encode(), MEDIA_JSON
         try:
             payload, content_type = self.handlers.handle(io.BytesIO(body), context)
         except Exception as err:
             status = _error_status(err)
             level = logging.WARNING if status < 500 else logging.ERROR
             log.log(level, "invocation failed (%d): %s", status, err)
-            return status, json.dumps({"error": str(err)}).encode("utf-8"), "application/json"
+            if self.mode == "aws":
+                return 500, json.dumps({"error": str(err)}).encode("utf-8"), MEDIA_JSON
+            document = parse_error_document(str(err))
+            if document is None or document.status is None:
+                document = ErrorDocument(str(err), status)
+            answer = error_body(document.message, status, document.request_id)
+            return status, json.dumps(answer).encode("utf-8"), MEDIA_JSON
         if isinstance(payload, str):
             payload = payload.encode("utf-8")
         return 200, payload, content_type

@@ -10,6 +10,11 @@ The handlers reach TF Serving over real HTTP, as in the container: each worker a
 REST API on a private 127.0.0.1 port, so a handler waiting on the model never holds the thread the
 model call needs.
 
+``--container aws`` answers as the real SageMaker TF Serving container does (container.py): 500 with
+``{"error": str(exception)}`` for every handler exception and no request size limit in front of
+``/invocations`` (the container's nginx.conf.template sets ``client_max_body_size 0``: the handler's
+own check answers); the SageMaker Runtime route keeps the 6 MB limit, which is Runtime's own.
+
 A real server: gunicorn with gthread workers (each loads the model after the fork, in the
 background, so /ping answers 503 while it loads), a request size limit (413 with a message), bounded
 admission per worker (admission.py: a few requests run, a few wait, the rest get 503 with
@@ -43,10 +48,12 @@ from werkzeug.serving import make_server
 
 from local_aws.endpoint.admission import AdmissionConfig, AdmissionGate
 from local_aws.endpoint.batching import BatchingConfig
-from local_aws.endpoint.container import Container, container_blueprint, load_handlers
+from local_aws.endpoint.container import CONTAINER_MODES, Container, container_blueprint, load_handlers
 from trainer.wire import ENDPOINT_PAYLOAD_LIMIT
 
 log = logging.getLogger("carvana.serve")
+# The body size the admission gate buffers under --container aws (the real container sets none).
+UNLIMITED_BYTES = 1 << 40
 
 
 def _positive(value: str) -> int:
@@ -87,6 +94,8 @@ class ServeConfig:
     graceful_timeout_s: int = 30
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    # "carvana": handler errors answered with their own status; "aws": as the real container (500).
+    container: str = "carvana"
 
     @property
     def gunicorn_threads(self) -> int:
@@ -131,6 +140,7 @@ class ServeConfig:
             graceful_timeout_s=args.graceful_timeout,
             batching=batching,
             admission=admission,
+            container=args.container,
         )
 
 
@@ -203,7 +213,7 @@ class EndpointState:
             code_dir = folder.parent.parent / "code" if folder.name.isdigit() else None
             handlers = load_handlers(code_dir)
             self.model_server.load(folder, name, version)
-            self.container = Container(handlers, self.rest_port, name)
+            self.container = Container(handlers, self.rest_port, name, self.config.container)
         except Exception as err:
             self.model_server.error = f"{self.config.model}: cannot serve the model: {err}"
             log.error(self.model_server.error)
@@ -226,7 +236,9 @@ def create_app(config: ServeConfig) -> flask.Flask:
     """The endpoint's WSGI app; the model loads in the background (``/ping`` says when it is ready)."""
     state = EndpointState(config)
     app = flask.Flask("carvana.serve")
-    app.config["MAX_CONTENT_LENGTH"] = config.max_request_bytes
+    # The real container's nginx has no body limit (client_max_body_size 0); SageMaker Runtime has.
+    unlimited = config.container == "aws"
+    app.config["MAX_CONTENT_LENGTH"] = None if unlimited else config.max_request_bytes
     app.extensions["carvana"] = state
     app.register_blueprint(
         container_blueprint(lambda: state.container, state.model_server, config.endpoint_name)
@@ -246,6 +258,8 @@ def create_app(config: ServeConfig) -> flask.Flask:
     @app.before_request
     def limit_size() -> flask.Response | None:
         length = flask.request.content_length
+        if unlimited and not flask.request.path.startswith("/endpoints/"):
+            return None
         if length is not None and length > config.max_request_bytes:
             return too_large(length)
         return None
@@ -256,7 +270,8 @@ def create_app(config: ServeConfig) -> flask.Flask:
             return too_large(flask.request.content_length)
         return _json_error(err.code or 500, err.name if err.code == 404 else f"{err.name}: {err.description}")
 
-    gate = AdmissionGate(app.wsgi_app, config.admission, config.max_request_bytes)
+    gate_limit = UNLIMITED_BYTES if unlimited else config.max_request_bytes
+    gate = AdmissionGate(app.wsgi_app, config.admission, gate_limit)
     app.extensions["carvana.admission"] = gate
     app.wsgi_app = RequestLog(gate, "carvana.serve")  # type: ignore[method-assign]
     return app
@@ -338,6 +353,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-request-bytes",
         type=_positive,
         help=f"larger bodies get 413 (default $CARVANA_MAX_REQUEST_BYTES or {ENDPOINT_PAYLOAD_LIMIT})",
+    )
+    parser.add_argument(
+        "--container",
+        choices=CONTAINER_MODES,
+        default="carvana",
+        help="how handler errors are answered: carvana (default) with their own 4xx status and the "
+        "JSON error document as the body; aws exactly as the real SageMaker TF Serving container "
+        '(500 with {"error": str(exception)}, no body size limit before the handler)',
     )
     parser.add_argument(
         "--endpoint-name", help="the only name /endpoints/<name>/invocations accepts (default: any name)"
