@@ -50,6 +50,7 @@ SLOW_MODULES = frozenset(
         "test_template",
         "test_offline_online",
         "test_unet",
+        "test_encoders",
     }
 )
 

@@ -33,8 +33,10 @@ import tensorflow as tf
 from trainer.command import run_command
 from trainer.data.pipeline import PipelineConfig, count_examples, make_dataset
 from trainer.export import export_saved_model
+from trainer.model.encoders import build_encoder_unet, set_encoder_trainable
 from trainer.model.losses import bce_dice_loss
 from trainer.model.metrics import DiceMetric, IoUMetric
+from trainer.model.shape import SCRATCH_ENCODER
 from trainer.model.unet import build_unet
 from trainer.training.callbacks import (
     Checkpointer,
@@ -71,26 +73,67 @@ class TrainResult:
 
 
 def _unet(config: TrainConfig) -> keras.Model:
-    return build_unet(
-        input_shape=(*config.model.image_size, 3),
-        depth=config.model.depth,
-        base_filters=config.model.base_filters,
-        batch_norm=config.model.batch_norm,
-        dropout=config.model.dropout,
-        upsampling=config.model.upsampling,
+    """The from-scratch U-Net, or the U-Net on a pretrained backbone (``--encoder``), uncompiled."""
+    m = config.model
+    decoder: dict[str, Any] = {
+        "base_filters": m.base_filters,
+        "batch_norm": m.batch_norm,
+        "dropout": m.dropout,
+        "upsampling": m.upsampling,
+    }
+    if m.encoder == SCRATCH_ENCODER:
+        return build_unet(input_shape=(*m.image_size, 3), depth=m.depth, **decoder)
+    return build_encoder_unet(
+        encoder=m.encoder,
+        input_shape=(*m.image_size, 3),
+        encoder_weights=m.encoder_weights,
+        alpha=m.encoder_alpha,
+        **decoder,
     )
 
 
-def build_model(config: TrainConfig) -> keras.Model:
-    """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics."""
+def describe_model(config: TrainConfig) -> str:
+    """``U-Net depth 4, base 16`` or ``U-Net on resnet50 (imagenet weights), decoder base 16``."""
+    m = config.model
+    if m.encoder == SCRATCH_ENCODER:
+        return f"U-Net depth {m.depth}, base {m.base_filters}"
+    alpha = f" alpha {m.encoder_alpha:g}" if m.encoder_alpha != 1.0 else ""
+    return f"U-Net on {m.encoder}{alpha} ({m.encoder_weights} weights), decoder base {m.base_filters}"
+
+
+def build_model(config: TrainConfig, *, encoder_frozen: bool = False) -> keras.Model:
+    """The U-Net for ``config``, compiled with Adam, BCE + Dice and the per-image metrics.
+
+    ``encoder_frozen``: a pretrained backbone gets no gradients (see :func:`compile_model`).
+    """
     model = _unet(config)
+    if config.model.encoder != SCRATCH_ENCODER:
+        set_encoder_trainable(model, not encoder_frozen)
+    compile_model(model, config)
+    return model
+
+
+def compile_model(model: keras.Model, config: TrainConfig) -> None:
+    """Compile with a fresh Adam: after (un)freezing the encoder too, whose variables the optimizer
+    must then track (Keras builds the step and the optimizer's slots for the trainable set)."""
     model.compile(
         optimizer=keras.optimizers.Adam(config.optimisation.learning_rate),
         loss=bce_dice_loss,
         metrics=[DiceMetric(), IoUMetric()],
         jit_compile=config.runtime.jit,
     )
-    return model
+
+
+def training_phases(config: TrainConfig, completed_epochs: int) -> list[tuple[int, bool]]:
+    """``[(last epoch, encoder frozen), ...]`` still to train: with ``--freeze-encoder-epochs N``
+    epochs 1..N frozen, then the rest unfrozen; one unfrozen phase otherwise."""
+    freeze, epochs = config.optimisation.freeze_encoder_epochs, config.stopping.epochs
+    phases = []
+    if completed_epochs < freeze:
+        phases.append((min(freeze, epochs), True))
+    if epochs > max(completed_epochs, freeze):
+        phases.append((epochs, False))
+    return phases
 
 
 def _datasets(
@@ -221,7 +264,9 @@ def export(model: keras.Model, config: TrainConfig, metadata: dict[str, Any] | N
     A graph traced under the float16 policy would run float16 convolutions in a CPU TF Serving
     container (slow where supported at all), and distributed variables belong to the training
     strategy; a fresh copy built outside both serves the same everywhere. Leaves the global dtype
-    policy at float32 (training is over).
+    policy at float32 (training is over). The copy is built from the same flags, ``--encoder-weights``
+    included (read again from Keras' cache, then overwritten): Keras' EfficientNet has an input
+    scaling layer only when built with ``imagenet``, so the copy must be built the same way.
     """
     keras.mixed_precision.set_global_policy("float32")
     plain = _unet(config)
@@ -261,20 +306,25 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
     )
 
     state = RunState.load(config.paths.checkpoint_dir)
+    phases = training_phases(config, state.epoch)
+    # A checkpoint is restored into the model as it was saved (frozen or not), so its optimizer
+    # state fits; the phase loop below then (un)freezes as the schedule says.
+    frozen = state.encoder_frozen if state.checkpoint else bool(phases) and phases[0][1]
     with strategy.scope():
-        model = build_model(config)
+        model = build_model(config, encoder_frozen=frozen)
         if state.checkpoint:
             restore_checkpoint(model, config.paths.checkpoint_dir, state)
             print(f"resuming after epoch {state.epoch} from {config.paths.checkpoint_dir / state.checkpoint}")
+    freezing = config.optimisation.freeze_encoder_epochs
     print(
-        f"model: U-Net depth {config.model.depth}, base {config.model.base_filters}, "
-        f"{model.count_params():,} parameters, {config.optimisation.lr_schedule} learning-rate schedule "
-        f"over {config.stopping.epochs} epochs",
+        f"model: {describe_model(config)}, {model.count_params():,} parameters"
+        f"{f', encoder frozen for {freezing} epochs' if freezing else ''}, "
+        f"{config.optimisation.lr_schedule} learning-rate schedule over {config.stopping.epochs} epochs",
         flush=True,
     )
 
     interrupted: TrainingInterruptedError | None = None
-    if state.stop_reason == "early_stopping" or state.epoch >= config.stopping.epochs:
+    if state.stop_reason == "early_stopping" or not phases:
         print(f"training already finished after epoch {state.epoch}: exporting only", flush=True)
         stop_reason = "already_finished"
     else:
@@ -295,15 +345,26 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             start,
         )
         try:
-            model.fit(
-                train_ds,
-                validation_data=val_ds,
-                initial_epoch=state.epoch,
-                epochs=config.stopping.epochs,
-                callbacks=callbacks,
-                shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
-                verbose=config.runtime.verbosity,
-            )
+            for last_epoch, phase_frozen in phases:
+                if phase_frozen != frozen:
+                    frozen = phase_frozen
+                    with strategy.scope():
+                        set_encoder_trainable(model, not frozen)
+                        compile_model(model, config)
+                    print(f"encoder {'frozen' if frozen else 'unfrozen'} from epoch {state.epoch + 1}")
+                state.encoder_frozen = frozen  # recorded with every checkpoint of this phase
+                model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    initial_epoch=state.epoch,
+                    epochs=last_epoch,
+                    callbacks=callbacks,
+                    shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
+                    verbose=config.runtime.verbosity,
+                )
+                ended_early = early_stopping is not None and early_stopping.stopped_epoch > 0
+                if ended_early or (budget is not None and budget.exhausted):
+                    break
         except TrainingInterruptedError as err:
             interrupted = err
             print(
@@ -367,6 +428,7 @@ def run_metadata(
         "stopped_in_epoch": (interrupted.epoch or None) if interrupted else None,
         "batches_into_epoch": interrupted.batches if interrupted else None,
         "lr_schedule": config.optimisation.lr_schedule,
+        "encoder": config.model.encoder,
         "image_size": list(config.model.image_size),
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

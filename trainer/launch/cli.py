@@ -49,7 +49,7 @@ from trainer.launch.specs import (
 )
 from trainer.model_metadata import describe as describe_metadata
 from trainer.model_metadata import read_metadata
-from trainer.training.config import TrainConfig
+from trainer.training.config import RECIPES, TrainConfig
 from trainer.training.hyperparameters import ConfigError, Declaration, HyperValue, by_flag
 from trainer.wire import MB, MEDIA_MASK_PNG, PhotoLimits
 
@@ -166,6 +166,13 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--train", help="training channel (default DATA/train)")
     data.add_argument("--validation", help="validation channel (default DATA/validation)")
     hps = parser.add_argument_group("hyperparameters (default: the entry point's)")
+    hps.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="cpu",
+        help="a named set of hyperparameters the flags below override: "
+        + "; ".join(f"{name} = {recipe.summary}" for name, recipe in RECIPES.items()),
+    )
     for d in LAUNCHER_HYPERPARAMETERS:
         hps.add_argument(
             f"--{d.flag}",
@@ -324,16 +331,10 @@ def job_spec_from_args(args: argparse.Namespace, default_name: str) -> JobSpec:
         raise LaunchError(
             "--data (holding train/ and validation/) or both --train and --validation are required"
         )
-    hyperparameters: dict[str, HyperValue] = {
-        d.flag: hyperparameter_value(d, getattr(args, d.name))
-        for d in LAUNCHER_HYPERPARAMETERS
-        if getattr(args, d.name) is not None
-    }
-    hyperparameters.update(hp_values(args.hp))
     return JobSpec(
         job_name=args.job_name or default_name,
         channels={"train": train, "validation": validation},
-        hyperparameters=hyperparameters,
+        hyperparameters={**RECIPES[args.recipe].hyperparameters(), **explicit_hyperparameters(args)},
         instance_type=args.instance_type,
         instance_count=args.instance_count,
         volume_size_gb=args.volume_size,
@@ -345,14 +346,29 @@ def job_spec_from_args(args: argparse.Namespace, default_name: str) -> JobSpec:
     )
 
 
+def explicit_hyperparameters(args: argparse.Namespace) -> dict[str, HyperValue]:
+    """The hyperparameters given by a launcher flag or ``--hp`` (a recipe's are not among them)."""
+    hyperparameters: dict[str, HyperValue] = {
+        d.flag: hyperparameter_value(d, getattr(args, d.name))
+        for d in LAUNCHER_HYPERPARAMETERS
+        if getattr(args, d.name) is not None
+    }
+    hyperparameters.update(hp_values(args.hp))
+    return hyperparameters
+
+
 def tuning_spec_from_args(args: argparse.Namespace) -> TuningSpec:
-    """The search: default ranges, replaced or extended by --range, minus hyperparameters fixed by flags."""
+    """The search: default ranges, replaced or extended by --range, minus hyperparameters fixed by flags.
+
+    A recipe's values are the trials' defaults, not fixed: a tuned one is replaced in each trial
+    (SageMaker's tuner drops a static hyperparameter that has a range; the local tuner overrides it).
+    """
     job = job_spec_from_args(args, unique_name("carvana-tune", MAX_TUNING_JOB_NAME))
     ranges = {r.name: r for r in SEARCH_SPACE}
     for text in args.range or []:
         space = parse_range(text)
         ranges[space.name] = space
-    for fixed in job.hyperparameters:
+    for fixed in explicit_hyperparameters(args):
         ranges.pop(fixed, None)
     return TuningSpec(
         job=job,

@@ -1,27 +1,40 @@
-"""What input sizes and decoder modes the U-Net accepts, in plain Python.
+"""What input sizes, encoders and decoder modes the models accept, in plain Python.
 
-Kept apart from ``unet.py`` (which imports Keras) so the training configuration and the launcher can
-check a size before a job starts without loading TensorFlow.
+Kept apart from ``unet.py`` and ``encoders.py`` (which import Keras) so the training configuration
+and the launcher can check a size before a job starts without loading TensorFlow.
 """
 
 from __future__ import annotations
 
 UPSAMPLING_MODES = ("transpose", "bilinear")
+# ``unet``: the from-scratch encoder of ``build_unet`` (``--depth`` poolings); the others are Keras
+# Applications backbones (``trainer.model.encoders``) with a U-Net decoder on five feature maps.
+SCRATCH_ENCODER = "unet"
+PRETRAINED_ENCODERS = ("mobilenetv2", "efficientnetb0", "efficientnetb3", "resnet50")
+ENCODERS = (SCRATCH_ENCODER, *PRETRAINED_ENCODERS)
+# A backbone's deepest feature map is 1/32 of the input (five 2x reductions).
+BACKBONE_DEPTH = 5
+ENCODER_WEIGHTS = ("imagenet", "none")  # or the path of a weights file
 
 
-def check_input_size(height: int, width: int, depth: int) -> None:
-    """Raise ValueError unless ``height`` and ``width`` survive ``depth`` 2x poolings exactly.
+def check_input_size(height: int, width: int, depth: int, *, encoder: str = SCRATCH_ENCODER) -> None:
+    """Raise ValueError unless ``height`` and ``width`` survive the encoder's 2x reductions exactly.
 
     Each encoder level halves the feature map and the matching decoder level doubles it back; with
     a size that does not divide evenly the skip connection and the upsampled map differ by a pixel
-    and Keras fails deep inside ``Concatenate`` with a message that names neither.
+    and Keras fails deep inside ``Concatenate`` with a message that names neither. ``depth`` counts
+    the from-scratch U-Net's poolings; a pretrained backbone always reduces five times (``/32``).
     """
+    if encoder != SCRATCH_ENCODER:
+        depth, what = BACKBONE_DEPTH, f"encoder {encoder}"
+    else:
+        what = f"depth {depth}"
     factor = 2**depth
     bad = [f"{name} {size}" for name, size in (("height", height), ("width", width)) if size % factor]
     if bad:
         raise ValueError(
-            f"input size {height}x{width} does not work with depth {depth}: {' and '.join(bad)} "
-            f"not divisible by 2**depth = {factor} (e.g. use {_round_up(height, factor)}x"
+            f"input size {height}x{width} does not work with {what}: {' and '.join(bad)} "
+            f"not divisible by 2**{depth} = {factor} (e.g. use {_round_up(height, factor)}x"
             f"{_round_up(width, factor)})"
         )
 

@@ -20,8 +20,11 @@ from trainer.model.shape import UPSAMPLING_MODES, check_input_size
 BN_MOMENTUM = 0.9
 
 
-def _conv_block(x, filters: int, prefix: str, *, batch_norm: bool):
-    """Two 3x3 convolutions, each followed by batch norm (optional) and ReLU."""
+def conv_block(x, filters: int, prefix: str, *, batch_norm: bool):
+    """Two 3x3 convolutions, each followed by batch norm (optional) and ReLU.
+
+    Also the decoder block of the pretrained-encoder U-Nets (``trainer.model.encoders``).
+    """
     for i in (1, 2):
         x = layers.Conv2D(
             filters,
@@ -35,6 +38,23 @@ def _conv_block(x, filters: int, prefix: str, *, batch_norm: bool):
             x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{prefix}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     return x
+
+
+def upsample(x, filters: int, mode: str, name: str):
+    """Double the feature map: a learned 2x2 transposed convolution, or bilinear resizing."""
+    if mode == "transpose":
+        return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=name)(x)
+    return layers.UpSampling2D(2, interpolation="bilinear", name=name)(x)
+
+
+def check_decoder_options(*, base_filters: int, dropout: float, upsampling: str) -> None:
+    """ValueError naming the argument, for the options every U-Net decoder shares."""
+    if base_filters < 1:
+        raise ValueError(f"base_filters must be >= 1, got {base_filters}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if upsampling not in UPSAMPLING_MODES:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING_MODES)}, got {upsampling!r}")
 
 
 def build_unet(
@@ -58,12 +78,7 @@ def build_unet(
     """
     if depth < 1:
         raise ValueError(f"depth must be >= 1, got {depth}")
-    if base_filters < 1:
-        raise ValueError(f"base_filters must be >= 1, got {base_filters}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLING_MODES)}, got {upsampling!r}")
+    check_decoder_options(base_filters=base_filters, dropout=dropout, upsampling=upsampling)
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
     height, width, _ = input_shape
@@ -74,22 +89,19 @@ def build_unet(
     x = inputs
     skips = []
     for level in range(1, depth + 1):
-        x = _conv_block(x, base_filters * 2 ** (level - 1), f"enc{level}", batch_norm=batch_norm)
+        x = conv_block(x, base_filters * 2 ** (level - 1), f"enc{level}", batch_norm=batch_norm)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
-    x = _conv_block(x, base_filters * 2**depth, "bottleneck", batch_norm=batch_norm)
+    x = conv_block(x, base_filters * 2**depth, "bottleneck", batch_norm=batch_norm)
     if dropout > 0:
         x = layers.SpatialDropout2D(dropout, name="bottleneck_dropout")(x)
 
     for level in range(depth, 0, -1):
         filters = base_filters * 2 ** (level - 1)
-        if upsampling == "transpose":
-            x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
-        else:
-            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up")(x)
+        x = upsample(x, filters, upsampling, f"dec{level}_up")
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level - 1]])
-        x = _conv_block(x, filters, f"dec{level}", batch_norm=batch_norm)
+        x = conv_block(x, filters, f"dec{level}", batch_norm=batch_norm)
 
     logits = layers.Conv2D(1, 1, dtype="float32", name="logits")(x)
     return keras.Model(inputs, logits, name=name)

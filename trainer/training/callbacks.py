@@ -74,6 +74,9 @@ class RunState:
     best_epoch: int = 0
     stop_reason: str | None = None  # "early_stopping" once a run has finished that way
     callback_state: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The checkpoint was saved with the pretrained encoder frozen (--freeze-encoder-epochs): its
+    # optimizer holds the decoder's moments only, so it is restored into a frozen model.
+    encoder_frozen: bool = False
 
     @classmethod
     def load(cls, checkpoint_dir: Path) -> RunState:
@@ -364,7 +367,12 @@ class MaskPreview(keras.callbacks.Callback):
         super().__init__()
         self.images = images
         self.masks = masks
-        self.writer = tf.summary.create_file_writer(str(log_dir / "predictions"))
+        self.log_dir = log_dir / "predictions"
+        self.writer: Any = None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        # Opened per fit: a frozen-encoder run fits twice (trainer.train) and closes it after each.
+        self.writer = tf.summary.create_file_writer(str(self.log_dir))
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         probabilities = tf.sigmoid(tf.cast(self.model(self.images, training=False), tf.float32))

@@ -19,14 +19,22 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 from trainer.command import parse_arguments
 from trainer.data import layout
-from trainer.model.shape import UPSAMPLING_MODES, check_input_size
+from trainer.model.shape import (
+    ENCODER_WEIGHTS,
+    ENCODERS,
+    SCRATCH_ENCODER,
+    UPSAMPLING_MODES,
+    check_input_size,
+)
 from trainer.training.hyperparameters import (
     POSITIVE,
     Bounds,
     ConfigError,
+    HyperValue,
     Span,
     add_arguments,
     concern_values,
@@ -110,10 +118,32 @@ class ModelConfig:
     """
 
     image_size: tuple[int, int] = hyperparameter(
-        (192, 288), "HEIGHTxWIDTH, divisible by 2**depth", parse=parse_size, text=format_size, launcher=True
+        (192, 288),
+        "HEIGHTxWIDTH, divisible by 2**depth (by 32 with a pretrained --encoder)",
+        parse=parse_size,
+        text=format_size,
+        launcher=True,
     )
-    depth: int = hyperparameter(4, "number of 2x poolings", bounds=POSITIVE)
-    base_filters: int = hyperparameter(16, "filters of level 1, x2 per level", bounds=POSITIVE)
+    encoder: str = hyperparameter(
+        SCRATCH_ENCODER,
+        "unet = the from-scratch encoder of --depth poolings; else a Keras Applications backbone "
+        "under a U-Net decoder (skips at strides 2-16, bottleneck at 32)",
+        choices=ENCODERS,
+        launcher=True,
+    )
+    encoder_weights: str = hyperparameter(
+        "imagenet",
+        "pretrained --encoder's weights: imagenet (Keras downloads them), none (random) or the path "
+        "of a weights file of that backbone; unused by --encoder unet",
+        metavar="imagenet|none|PATH",
+    )
+    encoder_alpha: float = hyperparameter(
+        1.0,
+        "MobileNetV2's width multiplier (ImageNet weights: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)",
+        bounds=POSITIVE,
+    )
+    depth: int = hyperparameter(4, "--encoder unet: number of 2x poolings", bounds=POSITIVE)
+    base_filters: int = hyperparameter(16, "filters of level 1, x2 per level (decoder too)", bounds=POSITIVE)
     upsampling: str = hyperparameter("transpose", "decoder upsampling", choices=UPSAMPLING_MODES)
     dropout: float = hyperparameter(0.0, "spatial dropout at the bottleneck", bounds=Bounds(0.0, 1.0))
     batch_norm: bool = hyperparameter(True, "true|false")
@@ -150,6 +180,12 @@ class OptimisationConfig:
         bounds=Bounds(0.0, 1.0, low_inclusive=False),
     )
     min_lr: float = hyperparameter(1e-5, "floor of the learning rate (the cosine schedule's end)")
+    freeze_encoder_epochs: int = hyperparameter(
+        0,
+        "pretrained --encoder: train the decoder alone (backbone frozen, its batch norms in inference "
+        "mode) for this many epochs, then everything (recompiled, fresh Adam); 0 = never frozen",
+        bounds=Bounds(low=0.0, note="0 = never frozen"),
+    )
 
 
 @dataclass(frozen=True)
@@ -284,10 +320,27 @@ class TrainConfig:
             for concern in concerns.values():
                 if hasattr(concern, declaration.name):
                     declaration.check(getattr(concern, declaration.name))
+        model = self.model
         try:
-            check_input_size(*self.model.image_size, self.model.depth)
+            check_input_size(*model.image_size, model.depth, encoder=model.encoder)
         except ValueError as err:
             raise ConfigError(f"--image-size: {err}") from None
+        if model.encoder == SCRATCH_ENCODER and self.optimisation.freeze_encoder_epochs:
+            raise ConfigError(
+                "--freeze-encoder-epochs: applies to a pretrained --encoder (mobilenetv2, ...), "
+                "not to the from-scratch unet"
+            )
+        if model.encoder_alpha != 1.0 and model.encoder != "mobilenetv2":
+            raise ConfigError(
+                f"--encoder-alpha: MobileNetV2's width multiplier, expected 1.0 with --encoder "
+                f"{model.encoder}, got {model.encoder_alpha}"
+            )
+        weights, pretrained = model.encoder_weights, model.encoder != SCRATCH_ENCODER
+        if pretrained and weights not in ENCODER_WEIGHTS and not Path(weights).is_file():
+            raise ConfigError(
+                f"--encoder-weights: expected imagenet, none or the path of a weights file, got "
+                f"{weights!r} (no such file)"
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TrainConfig:
@@ -296,6 +349,41 @@ class TrainConfig:
         return cls(
             paths=Paths.resolve(args, env), cluster=Cluster.from_env(env), **concern_values(cls, vars(args))
         )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of hyperparameter values (field name -> value) for ``carvana fit/tune --recipe``."""
+
+    summary: str
+    values: Mapping[str, Any]
+
+    def hyperparameters(self) -> dict[str, HyperValue]:
+        """The values as a SageMaker HyperParameters dict (flag names, flag text)."""
+        declared = {d.name: d for d in declarations(TrainConfig)}
+        return {declared[name].flag: declared[name].sagemaker_value(v) for name, v in self.values.items()}
+
+
+# ``cpu`` is the defaults (README, Results: measured on 2 cores). ``gpu`` is for one NVIDIA GPU with
+# tensor cores (ml.g5.xlarge: an A10G, 24 GB): a pretrained ResNet50 at 4x the CPU recipe's pixels,
+# float16 compute, the backbone frozen for 2 epochs while the random decoder settles, then a cosine
+# from 5e-4. Chosen from the literature, NOT measured here (no GPU; README, Encoders and the GPU recipe).
+RECIPES: dict[str, Recipe] = {
+    "cpu": Recipe("the defaults, measured on 2 CPU cores (README, Results)", {}),
+    "gpu": Recipe(
+        "pretrained ResNet50 U-Net, 512x768, mixed float16, 40 epochs (unmeasured: see README)",
+        {
+            "image_size": (512, 768),
+            "encoder": "resnet50",
+            "encoder_weights": "imagenet",
+            "batch_size": 8,
+            "learning_rate": 5e-4,
+            "freeze_encoder_epochs": 2,
+            "epochs": 40,
+            "mixed_precision": "true",
+        },
+    ),
+}
 
 
 class _HelpFormatter(argparse.HelpFormatter):
