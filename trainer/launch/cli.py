@@ -438,9 +438,7 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
         return 0
     if bool(args.model) == bool(args.job_name):
         raise LaunchError("give exactly one of --model and --job-name")
-    model_data = args.model or _job_model(backend, args.job_name)
-    if args.model:
-        _print_model_state(read_metadata(args.model))  # a local archive or folder; s3:// is not read
+    model_data = _model_data(backend, args.model, args.job_name)
     spec = DeploySpec(
         endpoint_name=args.endpoint_name or unique_name("carvana-unet"),
         model_data=model_data,
@@ -466,9 +464,7 @@ def run_deploy(args: argparse.Namespace, backend: Backend) -> int:
 def run_transform(args: argparse.Namespace, backend: Backend) -> int:
     if bool(args.model) == bool(args.training_job):
         raise LaunchError("give exactly one of --model and --training-job")
-    model_data = args.model or _job_model(backend, args.training_job)
-    if args.model:
-        _print_model_state(read_metadata(args.model))
+    model_data = _model_data(backend, args.model, args.training_job)
     spec = TransformSpec(
         job_name=args.job_name or unique_name("carvana-transform"),
         model_data=model_data,
@@ -511,6 +507,16 @@ def _print_transform(result: TransformResult) -> None:
         if len(result.failures) > SHOWN_FAILURES:
             print(f"  ... {len(result.failures) - SHOWN_FAILURES} more")
         print(f"  report: {result.report}")
+
+
+def _model_data(backend: Backend, model: str | None, job_name: str | None) -> str:
+    """The model to deploy or transform with: ``model`` itself (its training state printed, for a
+    local archive or folder; s3:// is not read), else the job's model.tar.gz."""
+    if model:
+        _print_model_state(read_metadata(model))
+        return model
+    assert job_name is not None  # the callers check that exactly one is given
+    return _job_model(backend, job_name)
 
 
 def _job_model(backend: Backend, job_name: str) -> str:
