@@ -69,18 +69,19 @@ class _Invoker:
         self.spec = spec
         self.url = f"{url}/invocations"
         self.headers = {"Content-Type": spec.content_type, "Accept": spec.accept}
+        self.limit = spec.max_payload_mb * MB
 
     def __call__(self, relative: str, source: Path, target: Path) -> TransformFailure | None:
         """Write ``target`` from ``source``'s answer; the failure instead when it was refused."""
-        body = source.read_bytes()
-        limit = self.spec.max_payload_mb * MB
-        if len(body) > limit:
+        size = source.stat().st_size
+        if size > self.limit:
             return TransformFailure(
                 relative,
                 None,
-                f"object is {len(body)} bytes, over MaxPayloadInMB={self.spec.max_payload_mb} "
-                f"({limit} bytes): with SplitType None each object is sent whole",
+                f"object is {size} bytes, over MaxPayloadInMB={self.spec.max_payload_mb} "
+                f"({self.limit} bytes): with SplitType None each object is sent whole",
             )
+        body = source.read_bytes()
         failure = TransformFailure(relative, None, "not sent")
         for _attempt in range(1 + self.spec.invocation_retries):
             try:
@@ -130,7 +131,7 @@ def _describe(spec: TransformSpec, result: TransformResult, total: int) -> dict[
             "InvocationsTimeoutInSeconds": spec.invocation_timeout_s,
             "InvocationsMaxRetries": spec.invocation_retries,
         },
-        "Environment": {**spec.batch_environment, **spec.environment},
+        "Environment": spec.container_environment,
         "Inputs": total,
         "Transformed": result.transformed,
         "Skipped": result.skipped,
@@ -153,7 +154,7 @@ def _failure_reason(failures: list[TransformFailure], total: int) -> str:
 @contextlib.contextmanager
 def _endpoint(spec: TransformSpec, job_dir: Path) -> Iterator[str]:
     """``carvana serve`` on the job's model with a transform job's container environment."""
-    env = {**spec.batch_environment, **spec.environment}
+    env = spec.container_environment
     try:
         with running_endpoint(
             Path(spec.model_data).resolve(),

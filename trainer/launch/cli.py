@@ -37,9 +37,6 @@ from trainer.launch.search_space import SEARCH_SPACE, Categorical, Range, parse_
 from trainer.launch.specs import (
     DEFAULT_ENDPOINT_INSTANCE,
     DEFAULT_TRAINING_INSTANCE,
-    DEFAULT_TRANSFORM_CONTENT_TYPE,
-    DEFAULT_TRANSFORM_INSTANCE,
-    MAX_INVOCATION_RETRIES,
     DeploySpec,
     JobResult,
     JobSpec,
@@ -51,7 +48,7 @@ from trainer.model_metadata import describe as describe_metadata
 from trainer.model_metadata import read_metadata
 from trainer.training.config import RECIPES, TrainConfig
 from trainer.training.hyperparameters import ConfigError, Declaration, HyperValue, by_flag
-from trainer.wire import MB, MEDIA_MASK_PNG, PhotoLimits
+from trainer.wire import MEDIA_MASK_PNG
 
 COMMANDS = ("fit", "tune", "deploy", "transform")
 # The entry point's hyperparameters by flag name; those declared ``launcher=True`` are flags here too.
@@ -287,30 +284,35 @@ def _add_transform_options(parser: argparse.ArgumentParser) -> None:
     )
     data.add_argument(
         "--content-type",
-        default=DEFAULT_TRANSFORM_CONTENT_TYPE,
+        default=TransformSpec.content_type,
         help="the records' Content-Type (the bytes decide JPEG or PNG)",
     )
     job = parser.add_argument_group("job")
     job.add_argument("--job-name", help="default carvana-transform-<timestamp>")
-    job.add_argument("--instance-type", default=DEFAULT_TRANSFORM_INSTANCE)
+    job.add_argument("--instance-type", default=TransformSpec.instance_type)
     job.add_argument("--instance-count", type=int, default=1, help="instances sharing the objects")
     job.add_argument(
         "--max-concurrent-transforms",
         type=int,
-        default=2,
+        default=TransformSpec.max_concurrent_transforms,
         help="requests in flight per instance (the local backend: in all)",
     )
     job.add_argument(
         "--max-payload",
         type=int,
-        default=PhotoLimits().max_image_bytes // MB,
+        default=TransformSpec.max_payload_mb,
         help="MB: a larger photo fails its record (the handler's own byte limit is the same 6 MB)",
     )
-    job.add_argument("--invocation-timeout", type=int, default=60, help="seconds per request")
+    job.add_argument(
+        "--invocation-timeout",
+        type=int,
+        default=TransformSpec.invocation_timeout_s,
+        help="seconds per request",
+    )
     job.add_argument(
         "--max-retries",
         type=int,
-        default=MAX_INVOCATION_RETRIES,
+        default=TransformSpec.invocation_retries,
         help="retries of a failed request (5xx or no answer)",
     )
     job.add_argument("--env", action="append", metavar="KEY=VALUE", help="container environment")

@@ -320,6 +320,12 @@ class TransformSpec:
             "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": str(self.max_concurrent_transforms),
         }
 
+    @property
+    def container_environment(self) -> dict[str, str]:
+        """All the container of the job sees: :attr:`batch_environment` and the job's own
+        ``environment`` (which wins where both name a variable)."""
+        return {**self.batch_environment, **self.environment}
+
 
 @dataclass(frozen=True)
 class TransformFailure:
