@@ -73,11 +73,12 @@ def read_s3_photo(location: S3Location, config: HandlerConfig) -> bytes:
     """
     try:
         obj = s3_client(config).get_object(Bucket=location.bucket, Key=location.key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in S3_MISSING_OR_FORBIDDEN:
+    except (ClientError, BotoCoreError) as error:
+        if (
+            isinstance(error, ClientError)
+            and error.response.get("Error", {}).get("Code") in S3_MISSING_OR_FORBIDDEN
+        ):
             raise no_such_photo(location.uri, config) from error
-        raise WireError(f"could not read {location.uri}: {error}", 502) from error
-    except BotoCoreError as error:
         raise WireError(f"could not read {location.uri}: {error}", 502) from error
     with obj["Body"] as body:
         check_length(obj["ContentLength"], config.max_image_bytes, config)

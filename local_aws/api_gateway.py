@@ -95,7 +95,7 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 3000
     routes: tuple[tuple[str, str], ...] = tuple(
-        (key.split(" ")[0], key.split(" ")[1]) for key in DEFAULT_ROUTES
+        (key.split(" ", 1)[0], key.split(" ", 1)[1]) for key in DEFAULT_ROUTES
     )
     payload_format: str = "2.0"
     timeout_s: float = 30.0
@@ -225,6 +225,11 @@ def _request_time(now: float) -> str:
     return datetime.fromtimestamp(now, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
+def _header(request: HttpRequest, name: str) -> str | None:
+    """``name``'s value in ``request`` (``name`` in lower case), else None."""
+    return next((v for k, v in request.headers if k.lower() == name), None)
+
+
 def build_event(
     request: HttpRequest,
     config: GatewayConfig,
@@ -237,9 +242,9 @@ def build_event(
     route = route or config.routes[0]
     url = urlsplit(request.target)
     query = parse_qsl(url.query, keep_blank_values=True)
-    content_type = next((v for k, v in request.headers if k.lower() == "content-type"), "")
+    content_type = _header(request, "content-type") or ""
     body, is_base64 = encode_body(request.body, content_type)
-    user_agent = next((v for k, v in request.headers if k.lower() == "user-agent"), "")
+    user_agent = _header(request, "user-agent") or ""
     now = time.time()
     if config.payload_format == "1.0":
         return _event_v1(request, route[1], request_id, query, body, is_base64, user_agent, now)
@@ -387,10 +392,6 @@ def proxy_response(result: object, payload_format: str) -> HttpResponse:
     return HttpResponse(status, headers, raw)
 
 
-def _header(request: HttpRequest, name: str) -> str | None:
-    return next((v for k, v in request.headers if k.lower() == name), None)
-
-
 def verify_sigv4(request: HttpRequest, credentials: tuple[str, str], region: str) -> str | None:
     """None when ``request`` is SigV4-signed for execute-api in ``region`` by ``credentials``, else
     API Gateway's 403 message. The signature is recomputed with botocore's own SigV4 signer over
@@ -456,8 +457,8 @@ class Gateway:
     def respond(self, request: HttpRequest) -> HttpResponse:
         """The answer to one request that has passed the size check."""
         path = urlsplit(request.target).path
-        route = next((r for r in self.config.routes if r == (request.method, path)), None)
-        if route is None:
+        route = (request.method, path)
+        if route not in self.config.routes:
             return message_response(404, "Not Found")
         caller = None
         if self.config.auth == "iam":

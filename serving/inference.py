@@ -173,8 +173,6 @@ def _documented_errors(handler: Callable[[Any, Any], _Result]) -> Callable[[Any,
     def wrapped(data: Any, context: Any) -> _Result:
         try:
             return handler(data, context)
-        except HandlerError:
-            raise
         except Exception as err:
             attributes = getattr(context, "custom_attributes", None)
             request_id = custom_attribute(attributes, REQUEST_ID_ATTRIBUTE) or uuid.uuid4().hex
