@@ -152,6 +152,12 @@ def encode_mask_png(mask: tf.Tensor) -> tf.Tensor:
 IMAGES_SPEC = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
 
+def car_fraction(mask: tf.Tensor) -> tf.Tensor:
+    """The share of car pixels in a bool mask: an exact integer count over the size, so
+    ``mask_png`` and ``alpha_png`` report the same float for the same mask."""
+    return tf.cast(tf.reduce_sum(tf.cast(mask, tf.int32)), tf.float32) / tf.cast(tf.size(mask), tf.float32)
+
+
 class UNetServing(tf.Module):
     """The Keras model wrapped with decoding and resizing, as the SavedModel's signatures."""
 
@@ -228,10 +234,7 @@ class UNetServing(tf.Module):
                 mask = (probabilities + flipped[:, ::-1]) / 2.0 > THRESHOLD
             else:
                 mask = self._full_size_mask(one_logits, size)
-            fraction = tf.cast(tf.reduce_sum(tf.cast(mask, tf.int32)), tf.float32) / tf.cast(
-                tf.size(mask), tf.float32
-            )
-            return encode_mask_png(mask), fraction
+            return encode_mask_png(mask), car_fraction(mask)
 
         pngs, fractions = tf.map_fn(
             encode,
@@ -279,7 +282,7 @@ class UNetServing(tf.Module):
             return (
                 tf.io.encode_png(alpha[..., tf.newaxis]),
                 encode_mask_png(mask),  # the bytes mask_png answers for the same mask
-                tf.reduce_mean(tf.cast(mask, tf.float32)),
+                car_fraction(mask),
                 tf.math.divide_no_nan(differ, both),
             )
 

@@ -42,9 +42,9 @@ from trainer import studio
 from trainer.atomic import atomic_path
 from trainer.command import CarvanaError, UsageError, run_command
 from trainer.saved_model_io import PhotoDecodeError, SegmentationModel, open_model
-from trainer.studio_cars import View, car_and_view, check_car, common_content
+from trainer.studio_cars import VIEWS, View, car_and_view, check_car, common_content
 from trainer.studio_review import write_review_page, write_thumbnail
-from trainer.wire import FinishOptions, WireError, cutout_png, decode_mask_png, rle_encode
+from trainer.wire import FinishOptions, WireError, cutout_png, decode_mask_png, decode_photo, rle_encode
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 SUBMISSION_NAME = "submission.csv"
@@ -244,15 +244,17 @@ class Run:
         records = []
         for (path, photo, row), analysis in zip(answers, analyses, strict=True):
             mask_png = row["mask_png_bytes"]
+            # Each decoded once for every output that needs it (full-size JPEG decodes are not cheap).
+            rgb = decode_photo(photo) if config.finished or self.folder else None
+            mask = decode_mask_png(mask_png) if config.submission is not None or self.folder else None
             if config.masks:
                 write_bytes(mask_png, config.out / f"{path.stem}_mask.png")
             if config.cutout:
                 write_bytes(cutout_png(photo, mask_png), config.out / f"{path.stem}_cutout.png")
-            if config.finished:
+            if rgb is not None and config.finished:
                 jpeg = config.finished == "jpeg"
-                image = studio.finish(
-                    photo, analysis.probabilities, options=options, jpeg=jpeg, content=content
-                )
+                finished = studio.finish_pixels(rgb, analysis.probabilities, options=options, content=content)
+                image = studio.encode_image(finished.image, jpeg=jpeg, quality=options.quality)
                 write_bytes(image, config.out / f"{path.stem}_finished.{'jpg' if jpeg else 'png'}")
             car, view = car_and_view(path.stem)
             record = {
@@ -266,10 +268,10 @@ class Run:
                 "car_fraction": round(float(row["car_fraction"]), 6),
                 **analysis.fields(),
             }
-            if config.submission is not None:
-                record["rle"] = rle_encode(decode_mask_png(mask_png))
-            if self.folder:
-                write_thumbnail(photo, mask_png, config.out / REVIEW / "thumbs" / f"{path.stem}.jpg")
+            if mask is not None and config.submission is not None:
+                record["rle"] = rle_encode(mask)
+            if rgb is not None and mask is not None and self.folder:
+                write_thumbnail(rgb, mask, config.out / REVIEW / "thumbs" / f"{path.stem}.jpg")
                 write_json(record, self._record_path(path))
             records.append(record)
         return records
@@ -322,7 +324,7 @@ def car_report(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         flags = check_car(checked)
         report[car] = {
             "views": len(views),
-            "missing_views": [n for n in range(1, 17) if n not in views],
+            "missing_views": [n for n in range(1, VIEWS + 1) if n not in views],
             "flagged_views": {views[n]["photo"]: reasons for n, reasons in flags.items()},
             "needs_review": sorted(r["photo"] for r in views.values() if r["review"]["needs_review"]),
         }
@@ -345,10 +347,7 @@ def write_reports(
     flagged = [r for r in records if r["review"]["needs_review"] or r["photo"] in checks]
     write_review_page(config.out / REVIEW / "index.html", flagged, checks, total=len(records))
     if config.submission is not None:
-        with atomic_path(config.submission) as tmp, tmp.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["img", "rle_mask"])
-            writer.writerows([r["photo"], r["rle"]] for r in records)
+        write_submission(config.submission, records)
     summary = {
         "photos": len(records),
         "cars": len({r["car"] for r in records}),
@@ -361,6 +360,14 @@ def write_reports(
     }
     write_json(summary, config.out / SUMMARY_NAME)
     return summary
+
+
+def write_submission(path: Path, records: Sequence[dict[str, Any]]) -> None:
+    """Kaggle's ``img,rle_mask`` CSV for ``records``, in their order (written whole, then renamed)."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["img", "rle_mask"])
+        writer.writerows([r["photo"], r["rle"]] for r in records)
 
 
 def predict(config: PredictConfig) -> dict[str, Any]:
@@ -384,20 +391,18 @@ def predict(config: PredictConfig) -> dict[str, Any]:
         bar.set_postfix(skipped=skipped)
         if pending:
             with open_model(config.model) as model:
+                flagged = 0
                 for paths in pending:
-                    for record in run.car(model, paths):
-                        records[record["photo"]] = record
+                    new = run.car(model, paths)
+                    records.update((r["photo"], r) for r in new)
+                    flagged += sum(bool(r["review"]["needs_review"]) for r in new)
                     bar.update(len(paths))
-                    flagged = sum(bool(r["review"]["needs_review"]) for r in records.values())
                     bar.set_postfix(skipped=skipped, needs_review=flagged)
     ordered = [records[path.name] for path in photos]
     seconds = time.perf_counter() - started
     if not run.folder:
         if config.submission is not None:
-            with atomic_path(config.submission) as tmp, tmp.open("w", newline="") as handle:
-                csv.writer(handle).writerows(
-                    [["img", "rle_mask"], *([r["photo"], r["rle"]] for r in ordered)]
-                )
+            write_submission(config.submission, ordered)
         flagged = sum(bool(r["review"]["needs_review"]) for r in ordered)
         return {
             "photos": len(ordered),

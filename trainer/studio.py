@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from trainer.wire import FinishOptions, orient
+from trainer.wire import FinishOptions, decode_photo
 
 # soft_alpha's ramp: probabilities below LOW are backdrop (alpha 0), above HIGH car (alpha 1).
 ALPHA_LOW, ALPHA_HIGH = 0.3, 0.7
@@ -61,15 +61,6 @@ def decode_alpha_png(png: bytes) -> np.ndarray:
     """``alpha_png_bytes`` (8-bit grey PNG, round(255 p)) -> probabilities float32 [H, W] in [0, 1]."""
     with Image.open(io.BytesIO(png)) as image:
         return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-
-
-def decode_photo(photo: bytes) -> np.ndarray:
-    """JPEG/PNG bytes -> uint8 RGB [H, W, 3] as a screen shows it (EXIF orientation applied with
-    wire.orient, the table the graph uses, so photo and alpha line up)."""
-    from trainer.wire import exif_orientation
-
-    with Image.open(io.BytesIO(photo)) as image:
-        return orient(np.asarray(image.convert("RGB")), exif_orientation(photo))
 
 
 # ---- small image operations (NumPy only) -------------------------------------------------------

@@ -17,8 +17,6 @@ import numpy as np
 from PIL import Image
 
 from trainer.atomic import atomic_path
-from trainer.studio import decode_photo
-from trainer.wire import decode_mask_png
 
 THUMB_WIDTH = 480
 OUTLINE = (255, 32, 64)
@@ -35,10 +33,11 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return edge | grown[:-2, 1:-1] | grown[2:, 1:-1] | grown[1:-1, :-2] | grown[1:-1, 2:]
 
 
-def write_thumbnail(photo: bytes, mask_png: bytes, path: Path) -> None:
-    """A JPEG of the photo THUMB_WIDTH wide with the mask's outline in red (display orientation)."""
-    rgb = Image.fromarray(decode_photo(photo))
-    mask = Image.fromarray(decode_mask_png(mask_png) * 255)
+def write_thumbnail(photo: np.ndarray, car: np.ndarray, path: Path) -> None:
+    """A JPEG of the photo (uint8 RGB, display orientation) THUMB_WIDTH wide with the outline of its
+    mask (0/1, the same size) in red."""
+    rgb = Image.fromarray(photo)
+    mask = Image.fromarray(car * 255)
     height = max(1, round(rgb.height * THUMB_WIDTH / rgb.width))
     small = np.array(rgb.resize((THUMB_WIDTH, height), Image.Resampling.BILINEAR))
     small_mask = np.asarray(mask.resize((THUMB_WIDTH, height), Image.Resampling.BILINEAR)) > 127

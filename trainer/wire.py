@@ -616,19 +616,26 @@ def cutout(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.dstack([rgb * car[..., None], car.astype(np.uint8) * 255])
 
 
+def decode_photo(photo: bytes) -> np.ndarray:
+    """JPEG/PNG bytes -> uint8 RGB [H, W, 3] as a screen shows it: turned by its EXIF orientation
+    with :func:`orient`, the table the graph uses, so the photo and the graph's masks line up."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(photo)) as image:
+        return orient(np.asarray(image.convert("RGB")), exif_orientation(photo))
+
+
 def cutout_png(photo: bytes, mask_png: bytes) -> bytes:
     """The cut-out (see :func:`cutout`) of a JPEG/PNG photo and its mask PNG, as PNG bytes.
 
     The mask is in display orientation (the graph turned the photo upright), so the photo is turned
     by its EXIF orientation too before the two meet.
     """
-    import numpy as np
     from PIL import Image
 
-    with Image.open(io.BytesIO(photo)) as image:
-        rgb = orient(np.asarray(image.convert("RGB")), exif_orientation(photo))
     out = io.BytesIO()
-    Image.fromarray(cutout(rgb, decode_mask_png(mask_png)), "RGBA").save(out, format="PNG")
+    Image.fromarray(cutout(decode_photo(photo), decode_mask_png(mask_png)), "RGBA").save(out, format="PNG")
     return out.getvalue()
 
 
