@@ -29,7 +29,7 @@ from tqdm import tqdm
 from trainer import studio
 from trainer.evaluate import EvaluateConfig, display_truth, select_photos
 from trainer.model.metrics import dice_numpy
-from trainer.saved_model_io import open_model
+from trainer.saved_model_io import open_model, to_mask
 from trainer.studio_review import outline
 from trainer.wire import REVIEW_THRESHOLD, exif_orientation
 
@@ -81,7 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = EvaluateConfig(
-        model=Path(args.model), data=Path(args.data), out=Path("."), manifest=Path(args.manifest)
+        model=Path(args.model),
+        data=Path(args.data),
+        out=Path("."),
+        manifest=Path(args.manifest),
+        split=args.split,
     )
     photos = select_photos(config)
     rows = []
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             data = [p.image_path.read_bytes() for p in chunk]
             for photo, photo_bytes, answer in zip(chunk, data, model.alphas(data, tta=args.tta), strict=True):
                 probabilities = studio.decode_alpha_png(answer["alpha_png_bytes"])
-                mask = probabilities >= 0.5
+                mask = to_mask(probabilities)
                 truth = display_truth(photo, exif_orientation(photo_bytes), mask.shape)
                 verdict = studio.review(
                     probabilities, flip_disagreement=answer["flip_disagreement"], threshold=REVIEW_THRESHOLD
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     {
                         "photo": photo.image_path.name,
-                        "dice": float(dice_numpy(mask.astype(np.uint8), truth)),
+                        "dice": float(dice_numpy(mask, truth)),
                         "flip_disagreement": verdict.flip_disagreement,
                         "fragments": verdict.fragments,
                         "uncertain": verdict.uncertain,

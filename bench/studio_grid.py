@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     photos = select_photos(
-        EvaluateConfig(Path(args.model), Path(args.data), Path("."), manifest=Path(args.manifest))
+        EvaluateConfig(
+            Path(args.model), Path(args.data), Path("."), manifest=Path(args.manifest), split=args.split
+        )
     )
     colours = car_colours(photos)
     darkest = min(colours, key=lambda car: colours[car][0])
