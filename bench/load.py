@@ -123,9 +123,9 @@ def wrong(case: Case, response: requests.Response) -> str | None:
         return f"{case.name}: 200 but not a PNG: {err}"
     if case.size is None:
         return f"{case.name}: a good case without the mask size it must get"
-    if (header.media_type, (header.width, header.height), mode) != ("image/png", case.size, "L"):
+    if (header.media_type, (header.width, header.height), mode) != ("image/png", case.size, "1"):
         got = f"{header.media_type} {header.width}x{header.height} {mode}"
-        return f"{case.name}: mask {got}, expected image/png {case.size[0]}x{case.size[1]} L"
+        return f"{case.name}: mask {got}, expected image/png {case.size[0]}x{case.size[1]} 1-bit"
     return None
 
 

@@ -15,7 +15,8 @@ Request body, by ``Content-Type``:
 
 Response, by ``Accept`` (``*/*`` and ``image/*`` mean the mask; no header means JSON, the container's
 default):
-  ``image/png``                    the mask as a PNG (mode L, 0 = background, 255 = car) at the photo's size
+  ``image/png``                    the mask as a 1-bit grey PNG (0 = background, 1 = car: 255 once
+                                   expanded to 8 bits, as viewers and libpng do) at the photo's size
   ``application/json``             ``{"rle": ..., "width": W, "height": H, "car_fraction": f,
                                    "orientation": "display", "exif_orientation": o}``, RLE as in
                                    Kaggle's train_masks.csv (row-major, 1-indexed "start length" pairs)

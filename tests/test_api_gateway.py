@@ -357,7 +357,7 @@ def endpoint_mask(car_jpg: Path, served_endpoint: str) -> np.ndarray:
     answer = runtime.invoke_endpoint(
         EndpointName="carvana-unet", Body=car_jpg.read_bytes(), ContentType="image/jpeg", Accept="image/png"
     )
-    return np.asarray(Image.open(io.BytesIO(answer["Body"].read())))
+    return np.asarray(Image.open(io.BytesIO(answer["Body"].read())).convert("L"))
 
 
 @pytest.fixture(scope="module")
@@ -384,8 +384,8 @@ def test_posting_a_jpeg_returns_the_png_mask_of_the_photos_size(
     )
     assert status == 200 and headers["Content-Type"] == "image/png"
     with Image.open(io.BytesIO(body)) as mask:
-        assert (mask.format, mask.mode, mask.size) == ("PNG", "L", Image.open(car_jpg).size)
-        np.testing.assert_array_equal(np.asarray(mask), endpoint_mask)
+        assert (mask.format, mask.mode, mask.size) == ("PNG", "1", Image.open(car_jpg).size)
+        np.testing.assert_array_equal(np.asarray(mask.convert("L")), endpoint_mask)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
@@ -399,7 +399,7 @@ def test_the_readmes_curl_command_writes_mask_png(
     subprocess.run(command, shell=True, cwd=car_jpg.parent, check=True, capture_output=True, timeout=60)
     with Image.open(car_jpg.parent / "mask.png") as mask:
         assert mask.format == "PNG" and mask.size == (192, 128)
-        np.testing.assert_array_equal(np.asarray(mask), endpoint_mask)
+        np.testing.assert_array_equal(np.asarray(mask.convert("L")), endpoint_mask)
 
 
 def test_json_and_cutout_formats_through_the_gateway(

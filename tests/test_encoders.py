@@ -205,7 +205,7 @@ def test_carvana_predict_serves_the_keras_models_mask_at_the_photos_size(
     Image.fromarray(photo).save(folder / "car.png")
     assert predict_main([str(folder), "--model", str(model_dir), "--out", str(tmp_path / "out")]) == 0
     with Image.open(tmp_path / "out" / "car_mask.png") as image:
-        served = np.asarray(image) > 127
+        served = np.asarray(image.convert("L")) > 127
     # What the graph does around the network: resize in (antialiased), logits out (bilinear), sigmoid.
     small = tf.image.resize(photo[None].astype(np.float32) / 255, SIZE, antialias=True)
     logits = tf.image.resize(model(small, training=False), (150, 230))

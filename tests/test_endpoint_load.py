@@ -35,8 +35,8 @@ def post(url: str, photo: bytes, path: str = "/invocations") -> requests.Respons
 def mask_of(response: requests.Response) -> np.ndarray:
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(response.content))
-    assert image.mode == "L"
-    return np.asarray(image)
+    assert image.mode == "1"  # 1-bit grey: 0/255 once expanded to 8 bits
+    return np.asarray(image.convert("L"))
 
 
 @pytest.mark.parametrize("prefix", ["", "/tfs"])

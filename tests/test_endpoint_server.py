@@ -46,8 +46,8 @@ def runtime_client(url: str) -> object:
 
 def png_array(data: bytes) -> np.ndarray:
     image = Image.open(io.BytesIO(data))
-    assert image.mode == "L"
-    return np.asarray(image)
+    assert image.mode == "1"  # 1-bit grey: 0/255 once expanded to 8 bits
+    return np.asarray(image.convert("L"))
 
 
 def invocations(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import keras
 import numpy as np
@@ -10,7 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from trainer.export import MODEL_NAME, export_saved_model
+from trainer.export import MODEL_NAME, encode_mask_png, export_saved_model
 from trainer.model.losses import bce_dice_loss
 from trainer.model.unet import build_unet
 
@@ -120,12 +122,31 @@ def test_mask_png_answers_each_photo_at_its_own_size(exported):
         out["mask_png_bytes"].numpy(), photos, out["car_fraction"].numpy(), strict=True
     ):
         mask = Image.open(io.BytesIO(png))
-        assert mask.mode == "L" and mask.size == (image.shape[1], image.shape[0])
-        values = np.asarray(mask)
+        assert mask.mode == "1" and mask.size == (image.shape[1], image.shape[0])
+        values = np.asarray(mask.convert("L"))
         assert set(np.unique(values)) <= {0, 255}
         assert fraction == pytest.approx((values == 255).mean(), abs=1e-6)
         single = loaded.signatures["serving_default"](image_bytes=tf.constant([encode(image)]))
         np.testing.assert_array_equal(values // 255, single["mask"].numpy()[0])
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (5, 9), (2, 16), (1280, 1918)])
+def test_mask_png_is_a_valid_1_bit_png_of_exactly_the_mask(size):
+    """Widths not a multiple of 8 included: each pixel comes back as it went in, through Pillow,
+    libpng (TensorFlow) and a hand check of the header, whose CRC the graph computes."""
+    height, width = size
+    mask = np.random.default_rng(height * width).random(size) > 0.5
+    png = encode_mask_png(tf.constant(mask)).numpy()
+    length, kind, *header = struct.unpack(">I4sIIBBBBB", png[8:29])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and (length, kind) == (13, b"IHDR")
+    # width, height, bit depth 1, grey, deflate, adaptive filtering, not interlaced
+    assert header == [width, height, 1, 0, 0, 0, 0]
+    assert struct.unpack(">I", png[29:33])[0] == zlib.crc32(png[12:29])
+    with Image.open(io.BytesIO(png)) as image:
+        assert (image.mode, image.size) == ("1", (width, height))
+        np.testing.assert_array_equal(np.asarray(image), mask)
+        np.testing.assert_array_equal(np.asarray(image.convert("L")), mask * 255)
+    np.testing.assert_array_equal(tf.io.decode_png(png, channels=1).numpy()[..., 0], mask * 255)
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -145,7 +166,7 @@ def test_alpha_png_is_the_probabilities_beside_mask_pngs_own_mask(exported, tta)
         strict=True,
     ):
         values = np.asarray(Image.open(io.BytesIO(png)))
-        binary = np.asarray(Image.open(io.BytesIO(mask_png))) // 255
+        binary = np.asarray(Image.open(io.BytesIO(mask_png)))  # mode "1": bool
         assert len(np.unique(values)) > 2  # soft: not a 0/255 mask
         # 8-bit probabilities: >= 128 is p >= 0.502, the mask is p > 0.5 (the one at 0.5..0.502 aside)
         assert np.mean((values >= 128) != binary) < 1e-3
@@ -215,6 +236,6 @@ def test_a_photo_decoded_whole_gets_the_masks_of_the_full_resolution_path(export
         png = loaded.signatures["mask_png"](image_bytes=tf.constant([data]), orientation=tf.constant([1]))
         decoded = tf.cast(tf.io.decode_image(data, channels=3), tf.float32)[tf.newaxis] / 255.0
         reference = loaded.signatures["predict_images"](images=decoded)["mask"].numpy()[0]
-        mask = np.asarray(Image.open(io.BytesIO(png["mask_png_bytes"].numpy()[0])))
+        mask = np.asarray(Image.open(io.BytesIO(png["mask_png_bytes"].numpy()[0])))  # mode "1": bool
         assert 0 < reference.mean() < 1
-        np.testing.assert_array_equal(mask // 255, reference)
+        np.testing.assert_array_equal(mask.astype(np.uint8), reference)

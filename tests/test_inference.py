@@ -223,8 +223,8 @@ def test_mask_rle_and_cutout_agree_at_the_photos_size(served_endpoint: str, make
     png, png_type = round_trip(served_endpoint, photo, content_type, "image/png")
     assert png_type == "image/png"
     mask_image = Image.open(io.BytesIO(png))
-    assert (mask_image.mode, mask_image.size) == ("L", (110, 70))
-    mask = np.asarray(mask_image)
+    assert (mask_image.mode, mask_image.size) == ("1", (110, 70))
+    mask = np.asarray(mask_image.convert("L"))
     assert set(np.unique(mask)) <= {0, 255}
 
     body, json_type = round_trip(served_endpoint, photo, content_type, "application/json")

@@ -481,10 +481,11 @@ def live(env: pytest.MonkeyPatch, served_endpoint: str) -> pytest.MonkeyPatch:
     return env
 
 
-def png_pixels(data: bytes, mode: str = "L") -> np.ndarray:
+def png_pixels(data: bytes, mode: str = "1") -> np.ndarray:
+    """A PNG's pixels, a 1-bit mask's as 0/255 (expanded to 8 bits, as browsers and libpng read it)."""
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "PNG" and image.mode == mode
-        return np.asarray(image)
+        return np.asarray(image.convert("L") if mode == "1" else image)
 
 
 def image_body(response: dict[str, Any], content_type: str) -> bytes:

@@ -34,8 +34,9 @@ def real_photos(real_data: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 
 def pixels(data: bytes) -> tuple[str, np.ndarray]:
+    """A PNG's mode and pixels, a 1-bit mask's as 0/255 (expanded to 8 bits, as browsers read it)."""
     with Image.open(io.BytesIO(data)) as image:
-        return image.mode, np.asarray(image)
+        return image.mode, np.asarray(image.convert("L") if image.mode == "1" else image)
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -67,7 +68,7 @@ def test_predict_writes_the_endpoints_masks_and_cutouts_pixel_for_pixel(
         data = photo.read_bytes()
         mode, online = pixels(endpoint(served_endpoint, data, MEDIA_MASK_PNG))
         offline_mode, offline = pixels((out / f"{photo.stem}_mask.png").read_bytes())
-        assert (mode, offline_mode, offline.shape) == ("L", "L", (1280, 1918))
+        assert (mode, offline_mode, offline.shape) == ("1", "1", (1280, 1918))
         assert 0 < (online == 255).mean() < 1, "a mask of one value would make the comparison empty"
         np.testing.assert_array_equal(offline, online)
 

@@ -136,7 +136,7 @@ def test_the_endpoint_answers_in_display_orientation(
         assert response.status_code == 200, response.text
         return response
 
-    mask = np.asarray(Image.open(io.BytesIO(post("image/png").content)))
+    mask = np.asarray(Image.open(io.BytesIO(post("image/png").content)).convert("L"))
     assert mask.shape == (60, 40)  # shown upright: 40 wide, 60 high
     answer = json.loads(post("application/json").content)
     assert (answer["orientation"], answer["exif_orientation"]) == ("display", 6)

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from trainer.model_metadata import read_metadata
 from trainer.train import build_model, export, main, train
-from trainer.training.callbacks import cosine_learning_rate
+from trainer.training import callbacks as callbacks_module
+from trainer.training.callbacks import CosineSchedule, cosine_learning_rate
 from trainer.training.config import Cluster, ConfigError, parse_config
 from trainer.training.runtime import tf_config_for
 
@@ -209,7 +210,7 @@ def test_short_training_run_lowers_the_loss_and_writes_everything(sample_tfrecor
     assert resumed.stop_reason == "time_budget" and resumed.epochs_completed == 4
     # The cosine schedule runs over the 3 epochs asked for: 1e-3 at epoch 1, falling, never below min-lr.
     rates = [float(row["learning_rate"]) for row in rows]
-    assert rates == pytest.approx([cosine_learning_rate(e, 3, 1e-3, 1e-5) for e in range(3)], rel=1e-4)
+    assert rates == pytest.approx([cosine_learning_rate(e / 3, 1e-3, 1e-5) for e in range(3)], rel=1e-4)
     assert rates[0] == pytest.approx(1e-3) and rates[0] > rates[1] > rates[2] > 1e-5
     assert (result.export_dir / "saved_model.pb").is_file()
 
@@ -267,12 +268,60 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfre
 
 def test_epochs_set_the_length_of_the_cosine_schedule():
     """The tuner's epochs range changes every epoch's rate, not just where the run stops."""
-    short = [cosine_learning_rate(e, 10, 1e-3, 1e-5) for e in range(10)]
-    long = [cosine_learning_rate(e, 40, 1e-3, 1e-5) for e in range(10)]
+    short = [cosine_learning_rate(e / 10, 1e-3, 1e-5) for e in range(10)]
+    long = [cosine_learning_rate(e / 40, 1e-3, 1e-5) for e in range(10)]
     assert short[0] == long[0] == pytest.approx(1e-3)
     assert all(s < lg for s, lg in zip(short[1:], long[1:], strict=True))
-    assert cosine_learning_rate(10, 10, 1e-3, 1e-5) == pytest.approx(1e-5)
+    assert cosine_learning_rate(1.0, 1e-3, 1e-5) == pytest.approx(1e-5)
+    assert cosine_learning_rate(0.5, 1e-3, 1e-5) == pytest.approx(5.05e-4)
     assert parse_config([], {}).optimisation.lr_schedule == "cosine"
+
+
+class _Clock:
+    """A stand-in for time.monotonic that the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_cosine_schedule_reaches_its_floor_by_the_time_budget(monkeypatch):
+    """With --max-minutes, the rate follows the clock when the budget ends the run before --epochs:
+    step by step, and at its floor by the deadline, so the budget never cuts a run off at a high rate."""
+    clock = _Clock()
+    monkeypatch.setattr(callbacks_module.time, "monotonic", clock)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    schedule = CosineSchedule(100, 1e-3, 1e-5, max_minutes=10.0, start_time=clock.now)
+    schedule.set_model(model)
+    schedule.set_params({"steps": 4, "epochs": 100})
+
+    def rate_at(epoch: int, batch: int, minutes: float) -> float:
+        clock.now = 1000.0 + 60 * minutes
+        if batch == 0:
+            schedule.on_epoch_begin(epoch)
+        schedule.on_train_batch_begin(batch)
+        return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+    assert rate_at(0, 0, 0.0) == pytest.approx(1e-3)
+    # Epoch 1 of 100, half-way through the 10 minutes: the clock decides (progress 0.5, not 0.01).
+    assert rate_at(1, 0, 5.0) == pytest.approx(5.05e-4, rel=1e-5)
+    assert rate_at(1, 2, 7.5) == pytest.approx(cosine_learning_rate(0.75, 1e-3, 1e-5), rel=1e-5)
+    assert rate_at(2, 0, 10.0) == pytest.approx(1e-5, rel=1e-5)
+    assert rate_at(2, 1, 12.0) == pytest.approx(1e-5, rel=1e-5)  # past the budget: the floor
+    logs: dict[str, float] = {}
+    schedule.on_epoch_end(2, logs)
+    assert logs["learning_rate"] == pytest.approx(1e-5, rel=1e-5)  # the epoch's first rate
+    # Without a budget only the steps count: step 2 of 4 in epoch 50 of 100 is progress 0.505.
+    steps_only = CosineSchedule(100, 1e-3, 1e-5)
+    steps_only.set_model(model)
+    steps_only.set_params({"steps": 4})
+    steps_only.on_epoch_begin(50)
+    steps_only.on_train_batch_begin(2)
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rate == pytest.approx(cosine_learning_rate(0.505, 1e-3, 1e-5), rel=1e-5)
 
 
 def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):

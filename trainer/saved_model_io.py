@@ -210,7 +210,7 @@ class SegmentationModel:
         return self._call_bytes(ALPHA_TTA_SIGNATURE if tta else ALPHA_SIGNATURE, photos, outputs)
 
     def mask_pngs(self, photos: Sequence[bytes], *, tta: bool = False) -> list[bytes]:
-        """The mask PNG (0/255, each photo's size) per JPEG/PNG photo, in input order, one call.
+        """The mask PNG (1-bit grey, each photo's size) per JPEG/PNG photo, in input order, one call.
 
         The photos go to ``mask_png`` exactly as the endpoint sends them (``mask_png_tta`` with
         ``tta``: each photo averaged with its mirror image inside the graph), with the EXIF

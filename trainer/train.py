@@ -5,9 +5,10 @@ that container's layout, and on a laptop: hyperparameters come as ``--name value
 paths from ``SM_*`` variables or flags (see ``trainer.training.config``). A run
 
 1. resumes from the newest checkpoint in the checkpoint folder, if any (spot restarts);
-2. trains on a cosine learning-rate schedule over ``--epochs`` (or plateau cuts), with early
-   stopping, a wall-clock budget, the loss-behaviour debugger, TensorBoard logs and one
-   ``epoch=N loss=... val_dice=...`` line per epoch for the tuner;
+2. trains on a cosine learning-rate schedule over ``--epochs`` or to the end of ``--max-minutes``,
+   whichever comes first (or plateau cuts), with early stopping, a wall-clock budget, the
+   loss-behaviour debugger, TensorBoard logs and one ``epoch=N loss=... val_dice=...`` line per
+   epoch for the tuner;
 3. takes the best epoch's weights (by val_dice) and exports the SavedModel to ``<model_dir>/unet/1``
    with ``assets.extra/training-metadata.json`` saying how training ended;
 4. on SIGTERM (SageMaker's stop, MaxRuntimeInSeconds, a spot reclaim; 120 s before SIGKILL) stops
@@ -40,6 +41,7 @@ from trainer.model.shape import SCRATCH_ENCODER
 from trainer.model.unet import build_unet
 from trainer.training.callbacks import (
     Checkpointer,
+    CosineSchedule,
     EpochLogger,
     HistoryWriter,
     MaskPreview,
@@ -47,7 +49,6 @@ from trainer.training.callbacks import (
     StopRequest,
     TimeBudget,
     TrainingInterruptedError,
-    cosine_learning_rate,
     load_best_weights,
     restore_checkpoint,
     write_history,
@@ -187,16 +188,18 @@ def _first_images(dataset: tf.data.Dataset, count: int) -> tuple[tf.Tensor, tf.T
     return next(iter(dataset.unbatch().take(count).batch(count)))
 
 
-def _schedule_callbacks(config: TrainConfig) -> dict[str, keras.callbacks.Callback]:
+def _schedule_callbacks(config: TrainConfig, start: float) -> dict[str, keras.callbacks.Callback]:
     """The learning-rate callback of ``--lr-schedule`` (by the name its resumable state is saved as)."""
     opt = config.optimisation
     if opt.lr_schedule == "cosine":
-        epochs = config.stopping.epochs
-
-        def rate(epoch: int, current: float) -> float:
-            return cosine_learning_rate(epoch, epochs, opt.learning_rate, opt.min_lr)
-
-        return {"lr_schedule": keras.callbacks.LearningRateScheduler(rate)}
+        schedule = CosineSchedule(
+            config.stopping.epochs,
+            opt.learning_rate,
+            opt.min_lr,
+            max_minutes=config.stopping.max_minutes,
+            start_time=start,
+        )
+        return {"lr_schedule": schedule}
     return {
         "reduce_lr": keras.callbacks.ReduceLROnPlateau(
             monitor=PLATEAU_METRIC,
@@ -231,7 +234,7 @@ def _callbacks(
         else None
     )
     resumable = {"early_stopping": early_stopping} if early_stopping is not None else {}
-    resumable.update(_schedule_callbacks(config))
+    resumable.update(_schedule_callbacks(config, start))
     callbacks: list[keras.callbacks.Callback] = [
         *debugger.callbacks(probe, bce_dice_loss, state.history),
         *resumable.values(),

@@ -576,7 +576,8 @@ def rle_decode(rle: str, height: int, width: int) -> np.ndarray:
 
 
 def decode_mask_png(png: bytes) -> np.ndarray:
-    """The ``mask_png`` signature's PNG (0/255) as a uint8 {0, 1} array ``(height, width)``."""
+    """The ``mask_png`` signature's PNG (1-bit grey; an 8-bit 0/255 one too) as a uint8 {0, 1} array
+    ``(height, width)``."""
     import numpy as np
     from PIL import Image
 

@@ -350,14 +350,59 @@ class TimeBudget(keras.callbacks.Callback):
         print(f"time budget of {self.max_minutes:g} min {reason}: stopping", flush=True)
 
 
-def cosine_learning_rate(epoch: int, epochs: int, initial: float, floor: float) -> float:
-    """The rate for 0-based ``epoch`` of a cosine decay from ``initial`` to ``floor`` over ``epochs``.
-
-    The schedule's length is the run's length, so ``epochs`` shapes the whole run (a tuner's
-    epochs range compares different runs, not one run stopped at different points).
-    """
-    progress = min(epoch / max(epochs, 1), 1.0)
+def cosine_learning_rate(progress: float, initial: float, floor: float) -> float:
+    """The rate at ``progress`` (0 = start, 1 = end, clipped) of a cosine decay from ``initial`` to
+    ``floor``."""
+    progress = min(max(progress, 0.0), 1.0)
     return floor + 0.5 * (initial - floor) * (1 + math.cos(math.pi * progress))
+
+
+class CosineSchedule(keras.callbacks.Callback):
+    """Cosine decay of the learning rate, set before every step, reaching ``floor`` at the run's end.
+
+    The run ends after ``epochs`` epochs or, with a wall-clock budget (``max_minutes`` > 0), when the
+    budget runs out, whichever comes first: progress is the larger of the steps done over the steps
+    planned and the minutes used over the budget. So ``epochs`` shapes the whole run (a tuner's
+    epochs range compares different runs, not one run stopped at different points), and a run that
+    the budget stops still gets the schedule's low-rate end, where most of a cosine's gain is made,
+    instead of being cut off at a high rate. Minutes count from ``start_time``, the clock of
+    :class:`TimeBudget`; a resumed job counts its own minutes again from its start, while its steps
+    continue from the checkpoint.
+    """
+
+    def __init__(
+        self, epochs: int, initial: float, floor: float, *, max_minutes: float = 0.0, start_time: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.epochs = max(epochs, 1)
+        self.initial = initial
+        self.floor = floor
+        self.max_minutes = max_minutes
+        self.start_time = start_time
+        self.epoch = 0
+        self.epoch_rate = initial
+
+    def progress(self, batch: int) -> float:
+        """How far through the run the coming step is, from 0 to 1."""
+        steps = self.params.get("steps") or 1
+        progress = (self.epoch + batch / steps) / self.epochs
+        if self.max_minutes > 0:
+            minutes = (time.monotonic() - self.start_time) / 60
+            progress = max(progress, minutes / self.max_minutes)
+        return progress
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        rate = cosine_learning_rate(self.progress(batch), self.initial, self.floor)
+        self.model.optimizer.learning_rate = rate
+        if batch == 0:
+            self.epoch_rate = rate
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:  # the epoch's first rate, as Keras' LearningRateScheduler logs it
+            logs["learning_rate"] = self.epoch_rate
 
 
 class MaskPreview(keras.callbacks.Callback):

@@ -169,7 +169,8 @@ class OptimisationConfig:
     )
     lr_schedule: str = hyperparameter(
         "cosine",
-        "cosine = decay to min-lr over --epochs (the run's length shapes the run); "
+        "cosine = decay to min-lr, step by step, over --epochs or by --max-minutes, whichever ends "
+        "first (the run's length shapes the run); "
         "plateau = cut by lr-factor after lr-patience epochs without val_loss gain",
         choices=LR_SCHEDULES,
     )
