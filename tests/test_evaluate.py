@@ -39,7 +39,15 @@ def test_dice_of_known_masks() -> None:
 
 
 def test_summary_of_known_scores() -> None:
-    assert summarize([1.0, 0.5, 0.0, 0.9]) == {"mean": 0.6, "median": 0.7, "min": 0.0, "count": 4}
+    summary = summarize([0.996, 0.992, 0.987, 0.5])
+    assert summary == {
+        "mean": pytest.approx(0.86875),
+        "median": pytest.approx(0.9895),
+        "min": 0.5,
+        "p5": pytest.approx(0.5 + 0.15 * 0.487),  # 5 % of the way over 3 gaps: 0.15 into the first
+        "share_at_least": {"0.985": 0.75, "0.99": 0.5, "0.995": 0.25},
+        "count": 4,
+    }
 
 
 def test_error_overlay_colours() -> None:
