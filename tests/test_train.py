@@ -322,6 +322,11 @@ def test_the_cosine_schedule_reaches_its_floor_by_the_time_budget(monkeypatch):
     steps_only.on_train_batch_begin(2)
     rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     assert rate == pytest.approx(cosine_learning_rate(0.505, 1e-3, 1e-5), rel=1e-5)
+    # Epochs of unknown length (a multi-worker job's): whole epochs only, never batches as epochs.
+    steps_only.set_params({"steps": None})
+    steps_only.on_train_batch_begin(7)
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    assert rate == pytest.approx(cosine_learning_rate(0.5, 1e-3, 1e-5), rel=1e-5)
 
 
 def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):

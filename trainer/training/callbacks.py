@@ -384,8 +384,9 @@ class CosineSchedule(keras.callbacks.Callback):
 
     def progress(self, batch: int) -> float:
         """How far through the run the coming step is, from 0 to 1."""
-        steps = self.params.get("steps") or 1
-        progress = (self.epoch + batch / steps) / self.epochs
+        # A multi-worker job's epochs have no known length (trainer.train): whole epochs count there.
+        steps = self.params.get("steps")
+        progress = (self.epoch + (batch / steps if steps else 0.0)) / self.epochs
         if self.max_minutes > 0:
             minutes = (time.monotonic() - self.start_time) / 60
             progress = max(progress, minutes / self.max_minutes)
