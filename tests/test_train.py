@@ -20,7 +20,13 @@ import tensorflow as tf
 from trainer.model_metadata import read_metadata
 from trainer.train import build_model, export, main, train
 from trainer.training import callbacks as callbacks_module
-from trainer.training.callbacks import CosineSchedule, cosine_learning_rate
+from trainer.training.callbacks import (
+    CosineSchedule,
+    ProgressiveSize,
+    RunState,
+    TimeBudget,
+    cosine_learning_rate,
+)
 from trainer.training.config import Cluster, ConfigError, parse_config
 from trainer.training.runtime import tf_config_for
 
@@ -115,6 +121,15 @@ def test_local_defaults_and_explicit_flags():
         (["--image-size", "100x150"], r"--image-size: input size 100x150 does not work with depth 4"),
         (["--epochs", "0"], r"--epochs must be positive, got 0"),
         (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
+        (["--progressive-share", "1"], r"--progressive-share must be in \[0, 1\) \(0 = off\), got 1.0"),
+        (
+            ["--progressive-share", "0.5", "--progressive-size", "100x150"],
+            r"--progressive-size: input size 100x150 does not work with depth 4",
+        ),
+        (
+            ["--progressive-share", "0.5", "--progressive-size", "128x288"],
+            r"--progressive-size: expected smaller than --image-size 192x288 in both dimensions, got 128x288",
+        ),
     ],
 )
 def test_bad_hyperparameters_are_named(argv, message):
@@ -347,3 +362,63 @@ def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):
         if node.op == "Conv2D"
     }
     assert conv_types == {"float32"}
+
+
+def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_size(
+    sample_tfrecords, tmp_path, capsys
+):
+    """Half the run on 32x48 photos, the rest on 64x96; validation always at 64x96; a resumed job
+    goes on at full size."""
+    flags = ["--base-filters", "4", "--progressive-share", "0.5", "--progressive-size", "32x48"]
+    result = train(parse_config(run_args(sample_tfrecords, tmp_path, "--epochs", "4", *flags), {}))
+    out = capsys.readouterr().out
+    assert "progressive resizing: 32x48 photos for the first 50% of the run, then 64x96" in out
+    # Epoch 2 ends half-way through the 4 epochs: the switch, recorded with that epoch's checkpoint.
+    assert (
+        out.index("epoch=2 ")
+        < out.index("progressive resizing: 64x96 photos from epoch 3")
+        < out.index("epoch=3 ")
+    )
+    assert [int(m[1]) for m in epoch_lines(out)] == [1, 2, 3, 4]
+    assert result.stop_reason == "completed"
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert state["full_size"] is True
+    # Exported at --image-size, like any run.
+    loaded = tf.saved_model.load(str(result.export_dir))
+    assert loaded.signatures["predict_images"](images=tf.zeros([1, 64, 96, 3]))["mask"].shape == (1, 64, 96)
+
+    resumed = train(parse_config(run_args(sample_tfrecords, tmp_path, "--epochs", "6", *flags), {}))
+    out = capsys.readouterr().out
+    assert "resuming after epoch 4" in out and "progressive resizing" not in out
+    assert [int(m[1]) for m in epoch_lines(out)] == [5, 6] and resumed.epochs_completed == 6
+
+
+def test_progressive_resizing_switches_by_the_clock_and_warns_the_budget(monkeypatch, capsys):
+    """With a budget the switch follows the minutes, and the budget expects the full-size epochs to
+    take the pixel ratio longer: it stops rather than start one that would cross it."""
+    clock = _Clock()
+    monkeypatch.setattr(callbacks_module.time, "monotonic", clock)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.stop_training = False  # as fit sets it
+    state = RunState()
+    budget = TimeBudget(10.0, clock.now)
+    switch = ProgressiveSize(state, 0.7, 100, pixel_ratio=2.25, budget=budget, start_time=clock.now)
+    for callback in (switch, budget):
+        callback.set_model(model)
+
+    def epoch(index: int, start: float, end: float) -> None:
+        clock.now = 1000.0 + 60 * start
+        budget.on_epoch_begin(index)
+        clock.now = 1000.0 + 60 * end
+        switch.on_epoch_end(index)
+        budget.on_epoch_end(index)
+
+    epoch(0, 0.0, 2.0)
+    epoch(1, 2.0, 4.0)
+    assert not state.full_size and not model.stop_training  # 40 % of the 10 minutes: still small
+    epoch(2, 4.0, 6.0)
+    assert not state.full_size  # 60 %
+    epoch(3, 6.0, 7.5)
+    # 75 %: switched. A full-size epoch takes about 2 min x 2.25 = 4.5 min: 7.5 + 4.5 > 10.
+    assert state.full_size and model.stop_training and budget.exhausted
+    assert "would be crossed by epoch 5 (7.5 min used, epochs take up to 4.5 min)" in capsys.readouterr().out

@@ -6,7 +6,8 @@ paths from ``SM_*`` variables or flags (see ``trainer.training.config``). A run
 
 1. resumes from the newest checkpoint in the checkpoint folder, if any (spot restarts);
 2. trains on a cosine learning-rate schedule over ``--epochs`` or to the end of ``--max-minutes``,
-   whichever comes first (or plateau cuts), with early stopping, a wall-clock budget, the
+   whichever comes first (or plateau cuts), optionally on smaller photos for the first
+   ``--progressive-share`` of the run, with early stopping, a wall-clock budget, the
    loss-behaviour debugger, TensorBoard logs and one ``epoch=N loss=... val_dice=...`` line per
    epoch for the tuner;
 3. takes the best epoch's weights (by val_dice) and exports the SavedModel to ``<model_dir>/unet/1``
@@ -45,6 +46,7 @@ from trainer.training.callbacks import (
     EpochLogger,
     HistoryWriter,
     MaskPreview,
+    ProgressiveSize,
     RunState,
     StopRequest,
     TimeBudget,
@@ -53,7 +55,7 @@ from trainer.training.callbacks import (
     restore_checkpoint,
     write_history,
 )
-from trainer.training.config import TrainConfig, build_parser
+from trainer.training.config import TrainConfig, build_parser, format_size
 from trainer.training.debugger import REPORT_NAME, Debugger, DebuggerConfig
 from trainer.training.log_lines import PARTIAL_METRIC
 from trainer.training.runtime import make_strategy, use_mixed_precision
@@ -73,9 +75,14 @@ class TrainResult:
     partial: bool = False  # stopped by a signal: the export holds fewer epochs than asked for
 
 
-def _unet(config: TrainConfig) -> keras.Model:
-    """The from-scratch U-Net, or the U-Net on a pretrained backbone (``--encoder``), uncompiled."""
+def _unet(config: TrainConfig, *, any_size: bool = False) -> keras.Model:
+    """The from-scratch U-Net, or the U-Net on a pretrained backbone (``--encoder``), uncompiled.
+
+    ``any_size``: height and width left open, for progressive resizing's two photo sizes (the
+    weights are the same at any size); else ``--image-size``, which the summary and export show.
+    """
     m = config.model
+    input_shape = (None, None, 3) if any_size else (*m.image_size, 3)
     decoder: dict[str, Any] = {
         "base_filters": m.base_filters,
         "batch_norm": m.batch_norm,
@@ -83,10 +90,10 @@ def _unet(config: TrainConfig) -> keras.Model:
         "upsampling": m.upsampling,
     }
     if m.encoder == SCRATCH_ENCODER:
-        return build_unet(input_shape=(*m.image_size, 3), depth=m.depth, **decoder)
+        return build_unet(input_shape=input_shape, depth=m.depth, **decoder)
     return build_encoder_unet(
         encoder=m.encoder,
-        input_shape=(*m.image_size, 3),
+        input_shape=input_shape,
         encoder_weights=m.encoder_weights,
         alpha=m.encoder_alpha,
         **decoder,
@@ -107,7 +114,7 @@ def build_model(config: TrainConfig, *, encoder_frozen: bool = False) -> keras.M
 
     ``encoder_frozen``: a pretrained backbone gets no gradients (see :func:`compile_model`).
     """
-    model = _unet(config)
+    model = _unet(config, any_size=config.pipeline.progressive_share > 0)
     if config.model.encoder != SCRATCH_ENCODER:
         set_encoder_trainable(model, not encoder_frozen)
     compile_model(model, config)
@@ -137,25 +144,26 @@ def training_phases(config: TrainConfig, completed_epochs: int) -> list[tuple[in
     return phases
 
 
-def _datasets(
-    config: TrainConfig, global_batch: int
-) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
-    """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
+def _training_dataset(config: TrainConfig, global_batch: int, size: tuple[int, int]) -> tf.data.Dataset:
+    """The training photos at ``size``, augmented and shuffled."""
     pipeline = PipelineConfig(
-        image_size=config.model.image_size,
+        image_size=size,
         batch_size=global_batch,
         augment=config.pipeline.augment,
         seed=config.runtime.seed,
         cache=config.pipeline.cache,
     )
+    dataset = make_dataset(config.paths.train_dir, pipeline, training=True)
+    return _with_length(dataset, config.paths.train_dir, config, global_batch)
+
+
+def _datasets(
+    config: TrainConfig, global_batch: int
+) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
+    """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
     plain = PipelineConfig(image_size=config.model.image_size, batch_size=global_batch, augment=False)
     return (
-        _with_length(
-            make_dataset(config.paths.train_dir, pipeline, training=True),
-            config.paths.train_dir,
-            config,
-            global_batch,
-        ),
+        _training_dataset(config, global_batch, config.model.image_size),
         _with_length(
             make_dataset(config.paths.validation_dir, plain, training=False),
             config.paths.validation_dir,
@@ -223,7 +231,9 @@ def _callbacks(
     """The run's callbacks in the order they must see each epoch, plus the two whose outcome matters.
 
     Debugger rules first (a NaN stops the step before anything is saved), then early stopping and
-    the learning-rate schedule, then the checkpoint (which records their counters), then the output.
+    the learning-rate schedule, then progressive resizing's switch (which the checkpoint records and
+    which corrects the budget's estimate of the next epoch), then the checkpoint (which records their
+    counters), then the output.
     Early stopping (``--patience``, 0 = off) stays a guard against a run that has stopped learning:
     with the cosine schedule ``--epochs`` has already shaped the rates of every epoch before it.
     """
@@ -235,9 +245,27 @@ def _callbacks(
     )
     resumable = {"early_stopping": early_stopping} if early_stopping is not None else {}
     resumable.update(_schedule_callbacks(config, start))
+    budget = TimeBudget(config.stopping.max_minutes, start) if config.stopping.max_minutes > 0 else None
+    switch = []
+    if config.pipeline.progressive_share > 0:
+        (height, width), (small_height, small_width) = (
+            config.model.image_size,
+            config.pipeline.progressive_size,
+        )
+        switch.append(
+            ProgressiveSize(
+                state,
+                config.pipeline.progressive_share,
+                config.stopping.epochs,
+                pixel_ratio=height * width / (small_height * small_width),
+                budget=budget,
+                start_time=start,
+            )
+        )
     callbacks: list[keras.callbacks.Callback] = [
         *debugger.callbacks(probe, bce_dice_loss, state.history),
         *resumable.values(),
+        *switch,
         Checkpointer(config.paths.checkpoint_dir, state, stop, resumable, enabled=chief),
         # Keras' own progress output (it would otherwise be appended last), then the tuner's line.
         keras.callbacks.ProgbarLogger(),
@@ -255,7 +283,6 @@ def _callbacks(
         ]
         if preview is not None:
             callbacks.append(MaskPreview(*preview, config.paths.tensorboard_dir))
-    budget = TimeBudget(config.stopping.max_minutes, start) if config.stopping.max_minutes > 0 else None
     if budget is not None:
         callbacks.append(budget)
     return callbacks, early_stopping, budget
@@ -347,6 +374,21 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             _first_images(val_ds, config.runtime.preview_images),
             start,
         )
+        small_size = config.pipeline.progressive_size
+        small_ds = None
+        if config.pipeline.progressive_share > 0 and not state.full_size:
+            small_ds = _training_dataset(config, global_batch, small_size)
+            share, full = config.pipeline.progressive_share, format_size(config.model.image_size)
+            print(
+                f"progressive resizing: {format_size(small_size)} photos for the first {share:.0%} of "
+                f"the run, then {full}",
+                flush=True,
+            )
+
+        def stopping() -> bool:
+            ended_early = early_stopping is not None and early_stopping.stopped_epoch > 0
+            return ended_early or (budget is not None and budget.exhausted)
+
         try:
             for last_epoch, phase_frozen in phases:
                 if phase_frozen != frozen:
@@ -356,17 +398,26 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
                         compile_model(model, config)
                     print(f"encoder {'frozen' if frozen else 'unfrozen'} from epoch {state.epoch + 1}")
                 state.encoder_frozen = frozen  # recorded with every checkpoint of this phase
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    initial_epoch=state.epoch,
-                    epochs=last_epoch,
-                    callbacks=callbacks,
-                    shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
-                    verbose=config.runtime.verbosity,
-                )
-                ended_early = early_stopping is not None and early_stopping.stopped_epoch > 0
-                if ended_early or (budget is not None and budget.exhausted):
+                # Twice when progressive resizing switches to full size within this phase.
+                while True:
+                    small = small_ds is not None and not state.full_size
+                    model.fit(
+                        small_ds if small else train_ds,
+                        validation_data=val_ds,
+                        initial_epoch=state.epoch,
+                        epochs=last_epoch,
+                        callbacks=callbacks,
+                        shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
+                        verbose=config.runtime.verbosity,
+                    )
+                    if not (small and state.full_size) or state.epoch >= last_epoch or stopping():
+                        break
+                    print(
+                        f"progressive resizing: {format_size(config.model.image_size)} photos from "
+                        f"epoch {state.epoch + 1}",
+                        flush=True,
+                    )
+                if stopping():
                     break
         except TrainingInterruptedError as err:
             interrupted = err

@@ -77,6 +77,9 @@ class RunState:
     # The checkpoint was saved with the pretrained encoder frozen (--freeze-encoder-epochs): its
     # optimizer holds the decoder's moments only, so it is restored into a frozen model.
     encoder_frozen: bool = False
+    # Progressive resizing (--progressive-share) has moved on to --image-size: a resumed job goes on
+    # at full size.
+    full_size: bool = False
 
     @classmethod
     def load(cls, checkpoint_dir: Path) -> RunState:
@@ -350,6 +353,17 @@ class TimeBudget(keras.callbacks.Callback):
         print(f"time budget of {self.max_minutes:g} min {reason}: stopping", flush=True)
 
 
+def run_progress(epochs_done: float, epochs: int, max_minutes: float, start_time: float) -> float:
+    """How far through the run it is (1 = the end): epochs done over the ``epochs`` planned or, with
+    a wall-clock budget (``max_minutes`` > 0), the minutes since ``start_time`` over the budget,
+    whichever is further. The one measure of the learning-rate schedule and of progressive resizing.
+    """
+    progress = epochs_done / max(epochs, 1)
+    if max_minutes > 0:
+        progress = max(progress, (time.monotonic() - start_time) / 60 / max_minutes)
+    return progress
+
+
 def cosine_learning_rate(progress: float, initial: float, floor: float) -> float:
     """The rate at ``progress`` (0 = start, 1 = end, clipped) of a cosine decay from ``initial`` to
     ``floor``."""
@@ -386,11 +400,8 @@ class CosineSchedule(keras.callbacks.Callback):
         """How far through the run the coming step is, from 0 to 1."""
         # A multi-worker job's epochs have no known length (trainer.train): whole epochs count there.
         steps = self.params.get("steps")
-        progress = (self.epoch + (batch / steps if steps else 0.0)) / self.epochs
-        if self.max_minutes > 0:
-            minutes = (time.monotonic() - self.start_time) / 60
-            progress = max(progress, minutes / self.max_minutes)
-        return progress
+        epochs_done = self.epoch + (batch / steps if steps else 0.0)
+        return run_progress(epochs_done, self.epochs, self.max_minutes, self.start_time)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
@@ -404,6 +415,46 @@ class CosineSchedule(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if logs is not None:  # the epoch's first rate, as Keras' LearningRateScheduler logs it
             logs["learning_rate"] = self.epoch_rate
+
+
+class ProgressiveSize(keras.callbacks.Callback):
+    """Ends the small-photo part of progressive resizing at the first epoch end ``share`` through the
+    run (:func:`run_progress`), so the entry point fits on ``--image-size`` photos from there.
+
+    It marks ``state.full_size`` before the checkpoint of that epoch is written (place it before the
+    Checkpointer), so a job resumed from it carries on at full size. The time budget's estimate of
+    the next epoch is scaled by ``pixel_ratio`` (full-size pixels over small), since an epoch at
+    full size takes about that much longer: the budget then does not start one it cannot finish.
+    """
+
+    def __init__(
+        self,
+        state: RunState,
+        share: float,
+        epochs: int,
+        *,
+        pixel_ratio: float,
+        budget: TimeBudget | None = None,
+        start_time: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.state = state
+        self.share = share
+        self.epochs = epochs
+        self.pixel_ratio = pixel_ratio
+        self.budget = budget
+        self.start_time = start_time
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.state.full_size:
+            return
+        max_minutes = self.budget.max_minutes if self.budget is not None else 0.0
+        if run_progress(epoch + 1, self.epochs, max_minutes, self.start_time) < self.share:
+            return
+        self.state.full_size = True
+        self.model.stop_training = True
+        if self.budget is not None:
+            self.budget.longest_epoch_min *= self.pixel_ratio
 
 
 class MaskPreview(keras.callbacks.Callback):

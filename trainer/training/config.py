@@ -151,10 +151,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    """input pipeline: augmentation and caching (decoding a JPEG costs about as much as a step)."""
+    """input pipeline: augmentation, caching (decoding a JPEG costs about as much as a step) and
+    progressive resizing (the first part of the run on smaller photos, several times the steps a
+    minute, then --image-size)."""
 
     augment: bool = hyperparameter(True, "flip/zoom/shift/colour")
     cache: bool = hyperparameter(True, "keep decoded photos in RAM")
+    progressive_size: tuple[int, int] = hyperparameter(
+        (128, 192),
+        "HEIGHTxWIDTH of the run's first --progressive-share, smaller than --image-size and "
+        "divisible like it",
+        parse=parse_size,
+        text=format_size,
+    )
+    progressive_share: float = hyperparameter(
+        0.0,
+        "share of the run at --progressive-size before --image-size (as the cosine schedule counts "
+        "it: epochs over --epochs or minutes over --max-minutes, whichever is further), switched at "
+        "an epoch end; validation is always at --image-size; 0 = off",
+        bounds=Bounds(0.0, 1.0, note="0 = off"),
+    )
 
 
 @dataclass(frozen=True)
@@ -326,6 +342,17 @@ class TrainConfig:
             check_input_size(*model.image_size, model.depth, encoder=model.encoder)
         except ValueError as err:
             raise ConfigError(f"--image-size: {err}") from None
+        if self.pipeline.progressive_share > 0:
+            small = self.pipeline.progressive_size
+            try:
+                check_input_size(*small, model.depth, encoder=model.encoder)
+            except ValueError as err:
+                raise ConfigError(f"--progressive-size: {err}") from None
+            if small[0] >= model.image_size[0] or small[1] >= model.image_size[1]:
+                raise ConfigError(
+                    f"--progressive-size: expected smaller than --image-size {format_size(model.image_size)} "
+                    f"in both dimensions, got {format_size(small)}"
+                )
         if model.encoder == SCRATCH_ENCODER and self.optimisation.freeze_encoder_epochs:
             raise ConfigError(
                 "--freeze-encoder-epochs: applies to a pretrained --encoder (mobilenetv2, ...), "
