@@ -162,3 +162,28 @@ def test_augment_flips_both_together() -> None:
         left = out_mask.numpy()[:, :2].mean()
         flipped += left < 0.5
     assert 0 < flipped < 20
+
+
+def test_random_crops_are_windows_of_the_photo_cut_with_their_mask(tmp_path: Path) -> None:
+    """Progressive resizing's crop mode: each example is a window of the photo at the model size,
+    its mask the same window, the windows in different places."""
+    folder = encoded_mask_dataset(tmp_path)
+    plain = [(x, y) for xb, yb in batches(folder, training=False) for x, y in zip(xb, yb, strict=True)]
+    crops = [
+        (x, y)
+        for xb, yb in batches(folder, training=True, augment=False, crop_size=(32, 48))
+        for x, y in zip(xb, yb, strict=True)
+    ]
+    assert len(crops) == len(plain) == 12
+    offsets = set()
+    for image, mask in crops:
+        assert image.shape == (32, 48, 3) and mask.shape == (32, 48, 1)
+        found = []
+        for photo, photo_mask in plain:
+            windows = np.lib.stride_tricks.sliding_window_view(photo, (32, 48, 3))[..., 0, :, :, :]
+            for y, x in np.argwhere(np.all(windows == image, axis=(-3, -2, -1))):
+                if np.array_equal(photo_mask[y : y + 32, x : x + 48], mask):
+                    found.append((int(y), int(x)))
+        assert found, "a crop is no window of any photo with its own mask"
+        offsets.add(found[0])
+    assert len(offsets) > 3

@@ -364,15 +364,19 @@ def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):
     assert conv_types == {"float32"}
 
 
+@pytest.mark.parametrize(
+    ("mode", "small"), [("resize", "32x48 photos"), ("crop", "32x48 crops of the 64x96 photos")]
+)
 def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_size(
-    sample_tfrecords, tmp_path, capsys
+    sample_tfrecords, tmp_path, capsys, mode, small
 ):
-    """Half the run on 32x48 photos, the rest on 64x96; validation always at 64x96; a resumed job
-    goes on at full size."""
+    """Half the run on 32x48 photos (scaled down or cut out), the rest on 64x96; validation always
+    at 64x96; a resumed job goes on at full size."""
     flags = ["--base-filters", "4", "--progressive-share", "0.5", "--progressive-size", "32x48"]
+    flags += ["--progressive-mode", mode]
     result = train(parse_config(run_args(sample_tfrecords, tmp_path, "--epochs", "4", *flags), {}))
     out = capsys.readouterr().out
-    assert "progressive resizing: 32x48 photos for the first 50% of the run, then 64x96" in out
+    assert f"progressive resizing: {small} for the first 50% of the run, then 64x96" in out
     # Epoch 2 ends half-way through the 4 epochs: the switch, recorded with that epoch's checkpoint.
     assert (
         out.index("epoch=2 ")

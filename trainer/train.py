@@ -144,10 +144,17 @@ def training_phases(config: TrainConfig, completed_epochs: int) -> list[tuple[in
     return phases
 
 
-def _training_dataset(config: TrainConfig, global_batch: int, size: tuple[int, int]) -> tf.data.Dataset:
-    """The training photos at ``size``, augmented and shuffled."""
+def _training_dataset(config: TrainConfig, global_batch: int, *, small: bool = False) -> tf.data.Dataset:
+    """The training photos, augmented and shuffled: at ``--image-size``, or (``small``) at
+    ``--progressive-size``, scaled down or cut out as ``--progressive-mode`` says."""
+    size, crop = config.model.image_size, None
+    if small and config.pipeline.progressive_mode == "crop":
+        crop = config.pipeline.progressive_size
+    elif small:
+        size = config.pipeline.progressive_size
     pipeline = PipelineConfig(
         image_size=size,
+        crop_size=crop,
         batch_size=global_batch,
         augment=config.pipeline.augment,
         seed=config.runtime.seed,
@@ -163,7 +170,7 @@ def _datasets(
     """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
     plain = PipelineConfig(image_size=config.model.image_size, batch_size=global_batch, augment=False)
     return (
-        _training_dataset(config, global_batch, config.model.image_size),
+        _training_dataset(config, global_batch),
         _with_length(
             make_dataset(config.paths.validation_dir, plain, training=False),
             config.paths.validation_dir,
@@ -374,14 +381,14 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             _first_images(val_ds, config.runtime.preview_images),
             start,
         )
-        small_size = config.pipeline.progressive_size
         small_ds = None
         if config.pipeline.progressive_share > 0 and not state.full_size:
-            small_ds = _training_dataset(config, global_batch, small_size)
-            share, full = config.pipeline.progressive_share, format_size(config.model.image_size)
+            small_ds = _training_dataset(config, global_batch, small=True)
+            options, full = config.pipeline, format_size(config.model.image_size)
+            how = "photos" if options.progressive_mode == "resize" else f"crops of the {full} photos"
             print(
-                f"progressive resizing: {format_size(small_size)} photos for the first {share:.0%} of "
-                f"the run, then {full}",
+                f"progressive resizing: {format_size(options.progressive_size)} {how} for the first "
+                f"{options.progressive_share:.0%} of the run, then {full}",
                 flush=True,
             )
 

@@ -4,8 +4,8 @@ A split folder is all it needs, so the same code reads ``<out>/train`` locally a
 channel (``SM_CHANNEL_TRAIN``). Steps, with AUTOTUNE throughout:
 
     shards (shuffled when training) -> interleave -> [cache] -> [shuffle] -> [repeat]
-    -> parse + decode + resize to the model size -> [augment image and mask together]
-    -> batch -> prefetch
+    -> parse + decode + resize to the model size -> [random crop] -> [augment image and mask
+    together] -> batch -> prefetch
 
 Augmentation draws its random numbers from stateless ops seeded per element (a seed pair from
 ``Dataset.random``), so ``deterministic=True`` gives the same order and the same augmentation on
@@ -37,10 +37,13 @@ class PipelineConfig:
     """How batches are made: model input size (H, W), batch size, augmentation and ordering.
 
     ``image_size`` has no default: it is the model's input size, which the caller (training, preview,
-    benchmark) owns; a second default here would silently disagree with it.
+    benchmark) owns; a second default here would silently disagree with it. ``crop_size``: training
+    batches are random windows of that size cut from the photo at ``image_size`` (the car at the
+    scale the model sees in use, at a fraction of a step's cost).
     """
 
     image_size: tuple[int, int]
+    crop_size: tuple[int, int] | None = None
     batch_size: int = 8
     augment: bool = True
     shuffle_buffer: int = 256
@@ -103,12 +106,13 @@ def make_dataset(folder: str | Path, config: PipelineConfig, *, training: bool) 
         ds = ds.repeat()
     if not config.cache:
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=ordered)
-    if training and config.augment:
+    crop = config.crop_size if training else None
+    if training and (config.augment or crop):
         seeds = tf.data.Dataset.random(
             seed=config.seed, rerandomize_each_iteration=not config.deterministic
         ).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, seed: augment(pair[0], pair[1], seed),
+            lambda pair, seed: _random_view(pair[0], pair[1], seed, crop=crop, augment_=config.augment),
             num_parallel_calls=AUTOTUNE,
             deterministic=ordered,
         )
@@ -126,6 +130,26 @@ def resize_pair(image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int]) -> tup
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
     mask = tf.cast(mask >= 0.5, tf.uint8)
     return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width, 1))
+
+
+def random_crop(
+    image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int], seed: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """The same random ``size`` window of the image and its mask (``seed``: an int64 pair)."""
+    stacked = tf.concat([image, tf.cast(mask, image.dtype)], axis=-1)
+    window = tf.image.stateless_random_crop(stacked, [*size, stacked.shape[-1]], tf.cast(seed, tf.int64))
+    return window[..., :3], tf.cast(window[..., 3:], mask.dtype)
+
+
+def _random_view(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int] | None, augment_: bool
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """A training example: cropped (``crop``) and/or augmented, with independent random numbers
+    (without a crop, the augmentation's are those of ``seed`` itself, as before crops existed)."""
+    if crop:
+        crop_seed, seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+        image, mask = random_crop(image, mask, crop, crop_seed)
+    return augment(image, mask, seed) if augment_ else _to_float(image, mask)
 
 
 def augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

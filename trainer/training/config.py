@@ -47,6 +47,7 @@ LOCAL_ROOT = Path("runs")
 MIXED_PRECISION_MODES = ("auto", "true", "false")
 VERBOSE_MODES = ("auto", "0", "1", "2")
 LR_SCHEDULES = ("cosine", "plateau")
+PROGRESSIVE_MODES = ("resize", "crop")
 
 
 def parse_size(value: str) -> tuple[int, int]:
@@ -159,10 +160,16 @@ class PipelineOptions:
     cache: bool = hyperparameter(True, "keep decoded photos in RAM")
     progressive_size: tuple[int, int] = hyperparameter(
         (128, 192),
-        "HEIGHTxWIDTH of the run's first --progressive-share, smaller than --image-size and "
-        "divisible like it",
+        "HEIGHTxWIDTH of the training photos of the run's first --progressive-share, smaller than "
+        "--image-size and divisible like it",
         parse=parse_size,
         text=format_size,
+    )
+    progressive_mode: str = hyperparameter(
+        "resize",
+        "how the small photos are made: resize = the whole photo scaled down; crop = a random "
+        "window of the photo at --image-size (the car at the scale the model sees in use)",
+        choices=PROGRESSIVE_MODES,
     )
     progressive_share: float = hyperparameter(
         0.0,
