@@ -122,13 +122,10 @@ def test_local_defaults_and_explicit_flags():
         (["--epochs", "0"], r"--epochs must be positive, got 0"),
         (["--dropout", "1.5"], r"--dropout must be in \[0, 1\)"),
         (["--progressive-share", "1"], r"--progressive-share must be in \[0, 1\) \(0 = off\), got 1.0"),
+        (["--progressive-scale", "1"], r"--progressive-scale must be in \(0, 1\), got 1.0"),
         (
-            ["--progressive-share", "0.5", "--progressive-size", "100x150"],
-            r"--progressive-size: input size 100x150 does not work with depth 4",
-        ),
-        (
-            ["--progressive-share", "0.5", "--progressive-size", "128x288"],
-            r"--progressive-size: expected smaller than --image-size 192x288 in both dimensions, got 128x288",
+            ["--progressive-share", "0.5", "--progressive-scale", "0.05"],
+            r"--progressive-scale: 0.05 x 192x288 is smaller than 16x16, the least the model takes",
         ),
     ],
 )
@@ -372,7 +369,7 @@ def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_si
 ):
     """Half the run on 32x48 photos (scaled down or cut out), the rest on 64x96; validation always
     at 64x96; a resumed job goes on at full size."""
-    flags = ["--base-filters", "4", "--progressive-share", "0.5", "--progressive-size", "32x48"]
+    flags = ["--base-filters", "4", "--progressive-share", "0.5", "--progressive-scale", "0.5"]
     flags += ["--progressive-mode", mode]
     result = train(parse_config(run_args(sample_tfrecords, tmp_path, "--epochs", "4", *flags), {}))
     out = capsys.readouterr().out

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from trainer.model.shape import scaled_size
 from trainer.model.unet import build_unet, check_input_size
 
 
@@ -79,6 +80,21 @@ def test_sizes_not_divisible_by_2_to_the_depth_are_rejected_with_a_hint():
     with pytest.raises(ValueError, match=r"e\.g\. use 104x152"):
         check_input_size(100, 150, 3)
     check_input_size(256, 384, 4)
+
+
+@pytest.mark.parametrize(
+    ("size", "scale", "depth", "encoder", "expected"),
+    [
+        ((192, 288), 0.67, 4, "unet", (128, 192)),  # the default recipe's progressive size
+        ((192, 288), 0.5, 4, "unet", (96, 144)),
+        ((64, 96), 0.67, 2, "unet", (40, 64)),  # each side rounded down to a multiple of 2**depth
+        ((512, 768), 0.67, 4, "resnet50", (320, 512)),  # a backbone: multiples of 32
+    ],
+)
+def test_scaled_sizes_are_sizes_the_model_takes(size, scale, depth, encoder, expected):
+    scaled = scaled_size(size, scale, depth, encoder=encoder)
+    assert scaled == expected
+    check_input_size(*scaled, depth, encoder=encoder)
 
 
 @pytest.mark.parametrize(

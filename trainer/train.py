@@ -146,12 +146,12 @@ def training_phases(config: TrainConfig, completed_epochs: int) -> list[tuple[in
 
 def _training_dataset(config: TrainConfig, global_batch: int, *, small: bool = False) -> tf.data.Dataset:
     """The training photos, augmented and shuffled: at ``--image-size``, or (``small``) at
-    ``--progressive-size``, scaled down or cut out as ``--progressive-mode`` says."""
+    ``--progressive-scale``, scaled down or cut out as ``--progressive-mode`` says."""
     size, crop = config.model.image_size, None
     if small and config.pipeline.progressive_mode == "crop":
-        crop = config.pipeline.progressive_size
+        crop = config.progressive_size
     elif small:
-        size = config.pipeline.progressive_size
+        size = config.progressive_size
     pipeline = PipelineConfig(
         image_size=size,
         crop_size=crop,
@@ -255,10 +255,7 @@ def _callbacks(
     budget = TimeBudget(config.stopping.max_minutes, start) if config.stopping.max_minutes > 0 else None
     switch = []
     if config.pipeline.progressive_share > 0:
-        (height, width), (small_height, small_width) = (
-            config.model.image_size,
-            config.pipeline.progressive_size,
-        )
+        (height, width), (small_height, small_width) = config.model.image_size, config.progressive_size
         switch.append(
             ProgressiveSize(
                 state,
@@ -387,7 +384,7 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             options, full = config.pipeline, format_size(config.model.image_size)
             how = "photos" if options.progressive_mode == "resize" else f"crops of the {full} photos"
             print(
-                f"progressive resizing: {format_size(options.progressive_size)} {how} for the first "
+                f"progressive resizing: {format_size(config.progressive_size)} {how} for the first "
                 f"{options.progressive_share:.0%} of the run, then {full}",
                 flush=True,
             )

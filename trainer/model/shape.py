@@ -17,6 +17,25 @@ BACKBONE_DEPTH = 5
 ENCODER_WEIGHTS = ("imagenet", "none")  # or the path of a weights file
 
 
+def size_divisor(depth: int, encoder: str = SCRATCH_ENCODER) -> int:
+    """What height and width must be multiples of: 2 to the number of 2x reductions."""
+    return 2 ** (BACKBONE_DEPTH if encoder != SCRATCH_ENCODER else depth)
+
+
+def scaled_size(
+    size: tuple[int, int], scale: float, depth: int, *, encoder: str = SCRATCH_ENCODER
+) -> tuple[int, int]:
+    """``size`` times ``scale``, each side rounded down to a size the model takes (``(192, 288)`` x
+    2/3 at depth 4 -> ``(128, 192)``); ValueError when a side would round down to nothing."""
+    factor = size_divisor(depth, encoder)
+    scaled = tuple(int(side * scale) // factor * factor for side in size)
+    if min(scaled) < factor:
+        raise ValueError(
+            f"{scale:g} x {size[0]}x{size[1]} is smaller than {factor}x{factor}, the least the model takes"
+        )
+    return scaled[0], scaled[1]
+
+
 def check_input_size(height: int, width: int, depth: int, *, encoder: str = SCRATCH_ENCODER) -> None:
     """Raise ValueError unless ``height`` and ``width`` survive the encoder's 2x reductions exactly.
 
@@ -25,11 +44,11 @@ def check_input_size(height: int, width: int, depth: int, *, encoder: str = SCRA
     and Keras fails deep inside ``Concatenate`` with a message that names neither. ``depth`` counts
     the from-scratch U-Net's poolings; a pretrained backbone always reduces five times (``/32``).
     """
+    factor = size_divisor(depth, encoder)
     if encoder != SCRATCH_ENCODER:
         depth, what = BACKBONE_DEPTH, f"encoder {encoder}"
     else:
         what = f"depth {depth}"
-    factor = 2**depth
     bad = [f"{name} {size}" for name, size in (("height", height), ("width", width)) if size % factor]
     if bad:
         raise ValueError(

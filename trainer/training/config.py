@@ -29,6 +29,7 @@ from trainer.model.shape import (
     SCRATCH_ENCODER,
     UPSAMPLING_MODES,
     check_input_size,
+    scaled_size,
 )
 from trainer.training.hyperparameters import (
     POSITIVE,
@@ -158,12 +159,11 @@ class PipelineOptions:
 
     augment: bool = hyperparameter(True, "flip/zoom/shift/colour")
     cache: bool = hyperparameter(True, "keep decoded photos in RAM")
-    progressive_size: tuple[int, int] = hyperparameter(
-        (128, 192),
-        "HEIGHTxWIDTH of the training photos of the run's first --progressive-share, smaller than "
-        "--image-size and divisible like it",
-        parse=parse_size,
-        text=format_size,
+    progressive_scale: float = hyperparameter(
+        0.67,
+        "side of the training photos of the run's first --progressive-share, as a share of "
+        "--image-size's (rounded down to a size the model takes: 192x288 x 0.67 = 128x192)",
+        bounds=Bounds(0.0, 1.0, low_inclusive=False),
     )
     progressive_mode: str = hyperparameter(
         "resize",
@@ -172,8 +172,8 @@ class PipelineOptions:
         choices=PROGRESSIVE_MODES,
     )
     progressive_share: float = hyperparameter(
-        0.0,
-        "share of the run at --progressive-size before --image-size (as the cosine schedule counts "
+        0.5,
+        "share of the run at --progressive-scale before --image-size (as the cosine schedule counts "
         "it: epochs over --epochs or minutes over --max-minutes, whichever is further), switched at "
         "an epoch end; validation is always at --image-size; 0 = off",
         bounds=Bounds(0.0, 1.0, note="0 = off"),
@@ -350,16 +350,10 @@ class TrainConfig:
         except ValueError as err:
             raise ConfigError(f"--image-size: {err}") from None
         if self.pipeline.progressive_share > 0:
-            small = self.pipeline.progressive_size
             try:
-                check_input_size(*small, model.depth, encoder=model.encoder)
+                self.progressive_size  # noqa: B018 (computed here to fail before TensorFlow starts)
             except ValueError as err:
-                raise ConfigError(f"--progressive-size: {err}") from None
-            if small[0] >= model.image_size[0] or small[1] >= model.image_size[1]:
-                raise ConfigError(
-                    f"--progressive-size: expected smaller than --image-size {format_size(model.image_size)} "
-                    f"in both dimensions, got {format_size(small)}"
-                )
+                raise ConfigError(f"--progressive-scale: {err}") from None
         if model.encoder == SCRATCH_ENCODER and self.optimisation.freeze_encoder_epochs:
             raise ConfigError(
                 "--freeze-encoder-epochs: applies to a pretrained --encoder (mobilenetv2, ...), "
@@ -376,6 +370,14 @@ class TrainConfig:
                 f"--encoder-weights: expected imagenet, none or the path of a weights file, got "
                 f"{weights!r} (no such file)"
             )
+
+    @property
+    def progressive_size(self) -> tuple[int, int]:
+        """The training photos' size before progressive resizing's switch (``--progressive-scale``)."""
+        model = self.model
+        return scaled_size(
+            model.image_size, self.pipeline.progressive_scale, model.depth, encoder=model.encoder
+        )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> TrainConfig:
