@@ -16,7 +16,8 @@ Usage::
         --recipe default= --recipe "crop50=--progressive-share 0.5 --progressive-mode crop" --seeds 0,1
 
 It prints one Markdown row per run: recipe, seed, minutes, epochs, then mean / median / 5th
-percentile / share >= 0.985 / >= 0.99 / >= 0.995, without and with TTA.
+percentile / share >= 0.985 / >= 0.99 / >= 0.995, without and with TTA; ``--plot PNG`` draws each
+run's validation Dice (at the model size, per epoch) against its training minutes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import time
 from pathlib import Path
 
 DONE_LINE = re.compile(r"^done \((\w+)\) after (\d+) epochs in ([0-9.]+) min")
+EPOCH_VAL_DICE = re.compile(r"^epoch=\d+ .*val_dice=([0-9.]+)$")
+EPOCH_MINUTES = re.compile(r"^  ([0-9.]+) min in all")
 
 
 def parse_recipe(text: str) -> tuple[str, list[str]]:
@@ -96,21 +99,45 @@ def row(folder: Path) -> str:
     )
 
 
+def curve(folder: Path) -> tuple[list[float], list[float]]:
+    """(minutes, val_dice) at each epoch end, from the run's epoch lines."""
+    minutes, dice = [], []
+    for line in (folder / "train.log").read_text().splitlines():
+        if match := EPOCH_VAL_DICE.match(line):
+            dice.append(float(match[1]))
+        elif match := EPOCH_MINUTES.match(line):
+            minutes.append(float(match[1]))
+    return minutes, dice
+
+
+def plot(folders: list[Path], path: Path) -> None:
+    """Validation Dice against training minutes, one line per run; the y axis spans 0.95 to 0.99,
+    where the runs end (the small-photo epochs of progressive resizing dip below it)."""
+    from trainer.training.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), constrained_layout=True)
+    for folder in folders:
+        minutes, dice = curve(folder)
+        ax.plot(minutes, dice, "-o", markersize=3, label=folder.name)
+    ax.set_ylim(0.95, 0.99)
+    ax.set_xlabel("training minutes (wall clock)")
+    ax.set_ylabel("val_dice (at the model size, per epoch)")
+    ax.set_title("validation Dice while training, per recipe and seed")
+    ax.legend()
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/recipes.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--records", type=Path, required=True, help="carvana convert's output (train/validation)"
-    )
-    parser.add_argument(
-        "--data", type=Path, required=True, help="the Kaggle-layout photos, for full-resolution Dice"
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/recipes"), help="one folder per run")
-    parser.add_argument(
-        "--recipe", type=parse_recipe, action="append", default=[], help="NAME=FLAGS, repeatable"
-    )
-    parser.add_argument("--seeds", default="0", help="comma-separated seeds, each recipe once per seed")
-    parser.add_argument("--minutes", type=float, default=28.0, help="training budget (--max-minutes)")
-    parser.add_argument("--report", action="store_true", help="only tabulate the finished runs under --out")
+    add = parser.add_argument
+    add("--records", type=Path, required=True, help="carvana convert's output (train/, validation/)")
+    add("--data", type=Path, required=True, help="the Kaggle-layout photos, for full-resolution Dice")
+    add("--out", type=Path, default=Path("runs/recipes"), help="one folder per run")
+    add("--recipe", type=parse_recipe, action="append", default=[], help="NAME=FLAGS, repeatable")
+    add("--seeds", default="0", help="comma-separated seeds, each recipe once per seed")
+    add("--minutes", type=float, default=28.0, help="training budget (--max-minutes)")
+    add("--report", action="store_true", help="only tabulate the finished runs under --out")
+    add("--plot", type=Path, help="also draw validation Dice against minutes per run into this PNG")
     args = parser.parse_args(argv)
     if not args.report:
         if not args.recipe:
@@ -122,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     columns = "mean / median / p5 / >= 0.985 / >= 0.99 / >= 0.995"
     print(f"| recipe | seed | training | Dice: {columns} | with flip TTA |")
     print("|---|---|---|---|---|")
-    for folder in sorted(args.out.glob("*-seed*")):
-        if (folder / "DONE").is_file():
-            print(row(folder))
+    finished = [folder for folder in sorted(args.out.glob("*-seed*")) if (folder / "DONE").is_file()]
+    for folder in finished:
+        print(row(folder))
+    if args.plot:
+        plot(finished, args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
