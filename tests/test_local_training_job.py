@@ -206,8 +206,10 @@ def test_sigterm_mid_epoch_exports_the_best_weights_marked_partial(
 ) -> None:
     """MaxRuntimeInSeconds / StopTrainingJob / spot: SIGTERM mid-epoch still leaves a deployable model."""
     stream = io.StringIO()
+    # One fit call throughout: progressive resizing's switch after epoch 2 of 4 would start a second
+    # one, and the signal would then land before its first batch (a stop between epochs).
     result = run_job(
-        tiny_job(sample_tfrecords, "carvana-sigterm-1", epochs=4),
+        tiny_job(sample_tfrecords, "carvana-sigterm-1", epochs=4, **{"progressive-share": 0}),
         tmp_path,
         on_epoch=lambda metrics: metrics["epoch"] >= 2,
         stream=stream,
