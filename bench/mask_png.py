@@ -15,17 +15,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
+from serve import DEFAULT_DATA  # bench/serve.py: where the real photos are (CARVANA_REAL_DATA)
 
 from trainer.export import MASK_PNG_COMPRESSION, encode_mask_png
-
-DEFAULT_DATA = Path(
-    os.environ.get("CARVANA_REAL_DATA", Path(__file__).resolve().parents[2] / "shared" / "carvana")
-)
 
 
 def load_masks(count: int) -> tuple[list[np.ndarray], str]:

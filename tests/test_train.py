@@ -403,7 +403,7 @@ def test_progressive_resizing_switches_by_the_clock_and_warns_the_budget(monkeyp
     model.stop_training = False  # as fit sets it
     state = RunState()
     budget = TimeBudget(10.0, clock.now)
-    switch = ProgressiveSize(state, 0.7, 100, pixel_ratio=2.25, budget=budget, start_time=clock.now)
+    switch = ProgressiveSize(state, 0.7, 100, pixel_ratio=2.25, budget=budget)
     for callback in (switch, budget):
         callback.set_model(model)
 

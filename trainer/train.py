@@ -114,7 +114,7 @@ def build_model(config: TrainConfig, *, encoder_frozen: bool = False) -> keras.M
 
     ``encoder_frozen``: a pretrained backbone gets no gradients (see :func:`compile_model`).
     """
-    model = _unet(config, any_size=config.pipeline.progressive_share > 0)
+    model = _unet(config, any_size=config.progressive)
     if config.model.encoder != SCRATCH_ENCODER:
         set_encoder_trainable(model, not encoder_frozen)
     compile_model(model, config)
@@ -254,7 +254,7 @@ def _callbacks(
     resumable.update(_schedule_callbacks(config, start))
     budget = TimeBudget(config.stopping.max_minutes, start) if config.stopping.max_minutes > 0 else None
     switch = []
-    if config.pipeline.progressive_share > 0:
+    if config.progressive:
         (height, width), (small_height, small_width) = config.model.image_size, config.progressive_size
         switch.append(
             ProgressiveSize(
@@ -263,7 +263,6 @@ def _callbacks(
                 config.stopping.epochs,
                 pixel_ratio=height * width / (small_height * small_width),
                 budget=budget,
-                start_time=start,
             )
         )
     callbacks: list[keras.callbacks.Callback] = [
@@ -379,7 +378,7 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             start,
         )
         small_ds = None
-        if config.pipeline.progressive_share > 0 and not state.full_size:
+        if config.progressive and not state.full_size:
             small_ds = _training_dataset(config, global_batch, small=True)
             options, full = config.pipeline, format_size(config.model.image_size)
             how = "photos" if options.progressive_mode == "resize" else f"crops of the {full} photos"

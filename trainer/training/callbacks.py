@@ -332,6 +332,11 @@ class TimeBudget(keras.callbacks.Callback):
         self.epoch_start = start_time
         self.longest_epoch_min = 0.0
 
+    def expect_longer_epochs(self, ratio: float) -> None:
+        """The coming epochs will take about ``ratio`` times the longest so far (progressive
+        resizing's switch to full-size photos): estimate the next one that way."""
+        self.longest_epoch_min *= ratio
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_start = time.monotonic()
 
@@ -422,20 +427,13 @@ class ProgressiveSize(keras.callbacks.Callback):
     run (:func:`run_progress`), so the entry point fits on ``--image-size`` photos from there.
 
     It marks ``state.full_size`` before the checkpoint of that epoch is written (place it before the
-    Checkpointer), so a job resumed from it carries on at full size. The time budget's estimate of
-    the next epoch is scaled by ``pixel_ratio`` (full-size pixels over small), since an epoch at
-    full size takes about that much longer: the budget then does not start one it cannot finish.
+    Checkpointer), so a job resumed from it carries on at full size. With a wall-clock ``budget``
+    the minutes count on its clock, and it is told that the coming epochs take ``pixel_ratio``
+    (full-size pixels over small) times longer, so it does not start one it cannot finish.
     """
 
     def __init__(
-        self,
-        state: RunState,
-        share: float,
-        epochs: int,
-        *,
-        pixel_ratio: float,
-        budget: TimeBudget | None = None,
-        start_time: float = 0.0,
+        self, state: RunState, share: float, epochs: int, *, pixel_ratio: float, budget: TimeBudget | None
     ) -> None:
         super().__init__()
         self.state = state
@@ -443,18 +441,18 @@ class ProgressiveSize(keras.callbacks.Callback):
         self.epochs = epochs
         self.pixel_ratio = pixel_ratio
         self.budget = budget
-        self.start_time = start_time
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if self.state.full_size:
             return
-        max_minutes = self.budget.max_minutes if self.budget is not None else 0.0
-        if run_progress(epoch + 1, self.epochs, max_minutes, self.start_time) < self.share:
+        budget = self.budget
+        minutes, start = (budget.max_minutes, budget.start_time) if budget is not None else (0.0, 0.0)
+        if run_progress(epoch + 1, self.epochs, minutes, start) < self.share:
             return
         self.state.full_size = True
         self.model.stop_training = True
-        if self.budget is not None:
-            self.budget.longest_epoch_min *= self.pixel_ratio
+        if budget is not None:
+            budget.expect_longer_epochs(self.pixel_ratio)
 
 
 class MaskPreview(keras.callbacks.Callback):

@@ -349,7 +349,7 @@ class TrainConfig:
             check_input_size(*model.image_size, model.depth, encoder=model.encoder)
         except ValueError as err:
             raise ConfigError(f"--image-size: {err}") from None
-        if self.pipeline.progressive_share > 0:
+        if self.progressive:
             try:
                 self.progressive_size  # noqa: B018 (computed here to fail before TensorFlow starts)
             except ValueError as err:
@@ -370,6 +370,11 @@ class TrainConfig:
                 f"--encoder-weights: expected imagenet, none or the path of a weights file, got "
                 f"{weights!r} (no such file)"
             )
+
+    @property
+    def progressive(self) -> bool:
+        """Progressive resizing is on (``--progressive-share`` > 0)."""
+        return self.pipeline.progressive_share > 0
 
     @property
     def progressive_size(self) -> tuple[int, int]:
