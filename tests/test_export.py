@@ -14,9 +14,12 @@ from PIL import Image
 
 from trainer.export import MODEL_NAME, encode_mask_png, export_saved_model
 from trainer.model.losses import bce_dice_loss
+from trainer.model.shape import DEFAULT_REFINEMENT, EdgeRefinement
 from trainer.model.unet import build_unet
+from trainer.refine import refine_logits
 
 MODEL_SIZE = (64, 96)
+NO_REFINEMENT = EdgeRefinement(radius=0)
 
 
 def photo(height: int, width: int, seed: int) -> np.ndarray:
@@ -71,16 +74,27 @@ def test_layout_and_signatures(exported):
     assert outputs["mask_png"] == {"mask_png_bytes", "height", "width", "car_fraction"}
 
 
-def test_savedmodel_matches_the_keras_model_at_its_input_size(exported):
+def test_savedmodel_matches_the_keras_model_at_its_input_size(exported, tmp_path):
+    """Without refinement the SavedModel is the Keras model; with it (the default), the Keras
+    model's logits refined by trainer.refine with the photo at twice the size as the guide."""
     model, _, loaded = exported
     images = np.stack([photo(*MODEL_SIZE, seed) for seed in (10, 11)]).astype(np.float32) / 255
-    expected = tf.sigmoid(model(images, training=False))[..., 0].numpy()
-    out = loaded.signatures["predict_images"](images=tf.constant(images))
-    np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
-    sure = np.abs(expected - 0.5) > 1e-3
-    np.testing.assert_array_equal(out["mask"].numpy()[sure], (expected > 0.5)[sure])
-    # The fitted model marks the blob, not everything or nothing.
-    assert 0.2 < out["mask"].numpy().mean() < 0.8
+    logits = model(images, training=False)
+    plain = loaded_export(model, tmp_path, NO_REFINEMENT).signatures["predict_images"]
+    guides = tf.image.resize(images, DEFAULT_REFINEMENT.guide_size(MODEL_SIZE), antialias=True)
+    refined = tf.image.resize(refine_logits(logits, guides, DEFAULT_REFINEMENT), MODEL_SIZE)
+    for signature, expected_logits in ((plain, logits), (loaded.signatures["predict_images"], refined)):
+        expected = tf.sigmoid(expected_logits)[..., 0].numpy()
+        out = signature(images=tf.constant(images))
+        np.testing.assert_allclose(out["probabilities"].numpy(), expected, atol=1e-5)
+        sure = np.abs(expected - 0.5) > 1e-3
+        np.testing.assert_array_equal(out["mask"].numpy()[sure], (expected > 0.5)[sure])
+        # The fitted model marks the blob, not everything or nothing.
+        assert 0.2 < out["mask"].numpy().mean() < 0.8
+
+
+def loaded_export(model: keras.Model, folder, refinement: EdgeRefinement):
+    return tf.saved_model.load(str(export_saved_model(model, folder, MODEL_SIZE, refinement=refinement)))
 
 
 def test_serving_default_returns_masks_at_the_photo_size(exported):
@@ -219,7 +233,7 @@ def test_scaled_decoding_feeds_the_network_the_pixels_of_full_resolution(real_da
     assert len(photos) >= 4
     for path in photos:
         jpeg = path.read_bytes()
-        scaled, size = module._decode_resized(tf.constant([jpeg]), tf.constant([1]))
+        scaled, _, size = module._decode_resized(tf.constant([jpeg]), tf.constant([1]))
         full = tf.cast(tf.io.decode_jpeg(jpeg, channels=3), tf.float32)[tf.newaxis] / 255.0
         difference = np.abs(scaled.numpy() - module._to_model_size(full).numpy()) * 255
         assert size.numpy().tolist() == [[1280, 1918]]  # the mask still goes back to full size

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from trainer.model.shape import EdgeRefinement
 from trainer.model_metadata import read_metadata
 from trainer.train import build_model, export, main, train
 from trainer.training import callbacks as callbacks_module
@@ -103,6 +104,8 @@ def test_local_defaults_and_explicit_flags():
     model = config.model
     assert (model.image_size, model.depth, model.base_filters) == ((192, 288), 4, 16)
     assert config.pipeline.cache is True
+    assert config.export.refinement == EdgeRefinement(radius=4, eps=1e-4)
+    assert not parse_config(["--refine-radius", "0"], {}).export.refinement.enabled
     assert not config.cluster.multi_worker and config.cluster.is_chief
     config = parse_config(
         ["--data", "d", "--validation", "v", "--model_dir", "/tmp/m", "--profile-batches", "0"], {}
@@ -127,6 +130,8 @@ def test_local_defaults_and_explicit_flags():
             ["--progressive-share", "0.5", "--progressive-scale", "0.05"],
             r"--progressive-scale: 0.05 x 192x288 is smaller than 16x16, the least the model takes",
         ),
+        (["--refine-radius", "-1"], r"--refine-radius must be >= 0 \(0 = off\), got -1"),
+        (["--refine-eps", "0"], r"--refine-eps must be positive, got 0.0"),
     ],
 )
 def test_bad_hyperparameters_are_named(argv, message):
@@ -270,6 +275,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfre
     assert (tmp_path / "model" / "unet" / "1" / "saved_model.pb").is_file()
     complete = read_metadata(tmp_path / "model")
     assert complete["partial"] is False and complete["epochs_completed"] == epochs
+    assert complete["edge_refinement"] == {"radius": 4, "eps": 1e-4}
     final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert final["epoch"] == epochs and len(final["history"]["loss"]) == epochs
     # The optimizer's step count carried over (a fresh optimizer would stop short of every step).
@@ -392,6 +398,30 @@ def test_progressive_resizing_trains_small_then_full_size_and_resumes_at_full_si
     out = capsys.readouterr().out
     assert "resuming after epoch 4" in out and "progressive resizing" not in out
     assert [int(m[1]) for m in epoch_lines(out)] == [5, 6] and resumed.epochs_completed == 6
+
+
+def test_early_stopping_judges_only_the_full_size_epochs(sample_tfrecords, tmp_path, capsys):
+    """A learning rate too small to change a weight keeps val_loss flat: with --patience 1 a plain
+    run would stop at epoch 2. With progressive resizing epochs 1-3 are small and not judged; epoch 4
+    is the first judged (the best so far), epoch 5 gains nothing and ends the run."""
+    flags = ["--base-filters", "4", "--batch-norm", "false", "--patience", "1"]
+    flags += [
+        "--learning-rate",
+        "1e-12",
+        "--min-lr",
+        "1e-12",
+        "--progressive-share",
+        "0.5",
+        "--progressive-scale",
+        "0.5",
+        "--epochs",
+        "6",
+    ]
+    result = train(parse_config(run_args(sample_tfrecords, tmp_path, *flags), {}))
+    out = capsys.readouterr().out
+    assert "progressive resizing: 64x96 photos from epoch 4" in out
+    assert [int(m[1]) for m in epoch_lines(out)] == [1, 2, 3, 4, 5], out
+    assert result.stop_reason == "early_stopping"
 
 
 def test_progressive_resizing_switches_by_the_clock_and_warns_the_budget(monkeypatch, capsys):

@@ -2,8 +2,9 @@
 
 The endpoint receives photos as they come from a studio camera (1918x1280 JPEG bytes) and must
 answer with a mask at that same size, so the resize is part of the graph: decode, resize to the
-training size, run the network, resize the *logits* back to each photo's own size (bilinear, then
-the sigmoid: sharper edges than resizing probabilities), threshold at 0.5. Nothing outside the
+training size, run the network, snap its edges to the photo's (trainer.refine: a guided filter at
+twice the training size, the photo as the guide), resize the *logits* back to each photo's own size
+(bilinear, then the sigmoid: sharper edges than resizing probabilities), threshold at 0.5. Nothing outside the
 SavedModel (TF Serving, the inference handler, ``carvana evaluate``) needs to know the training
 size. The full-resolution work is kept to what the answer needs (:func:`decode_photo`: a large JPEG
 is decoded already scaled down in the DCT domain; the full-size mask is thresholded on the resized
@@ -46,7 +47,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from trainer.model.shape import DEFAULT_REFINEMENT, EdgeRefinement
 from trainer.model_metadata import write_metadata
+from trainer.refine import refine_logits
 from trainer.wire import (
     ALPHA_SIGNATURE,
     ALPHA_TTA_SIGNATURE,
@@ -225,19 +228,42 @@ def car_fraction(mask: tf.Tensor) -> tf.Tensor:
 
 
 class UNetServing(tf.Module):
-    """The Keras model wrapped with decoding and resizing, as the SavedModel's signatures."""
+    """The Keras model wrapped with decoding, resizing and edge refinement, as the SavedModel's
+    signatures.
 
-    def __init__(self, model: keras.Model, image_size: tuple[int, int]) -> None:
+    With ``refinement`` on (trainer.refine), every signature's "logits" are the refined ones at
+    twice the model's size: the network's logits, filtered with the photo resized to that size as
+    the guide. Each photo is therefore resized twice from the decoded pixels: to the model's size
+    (the network's input, as without refinement) and to the guide's.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        image_size: tuple[int, int],
+        refinement: EdgeRefinement = DEFAULT_REFINEMENT,
+    ) -> None:
         super().__init__(name="unet_serving")
         self.model = model
         self.image_size: tuple[int, int] = (int(image_size[0]), int(image_size[1]))
+        self.refinement = refinement
+        self.guide_size = refinement.guide_size(self.image_size)
 
     def _to_model_size(self, images: tf.Tensor) -> tf.Tensor:
         """Resize a float batch to the training size; antialiasing matches a proper downscale."""
         return tf.image.resize(images, self.image_size, method="bilinear", antialias=True)
 
-    def _logits(self, model_sized: tf.Tensor) -> tf.Tensor:
-        return tf.cast(self.model(model_sized, training=False), tf.float32)
+    def _inputs(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """A float batch at any size -> (the network's input, the refinement's guide: empty when off)."""
+        if not self.refinement.enabled:
+            return self._to_model_size(images), tf.zeros([tf.shape(images)[0], 0, 0, 3])
+        guides = tf.image.resize(images, self.guide_size, method="bilinear", antialias=True)
+        return self._to_model_size(images), guides
+
+    def _logits(self, model_sized: tf.Tensor, guides: tf.Tensor) -> tf.Tensor:
+        """The network's logits [B, h, w, 1]; refined at the guide's size when refinement is on."""
+        logits = tf.cast(self.model(model_sized, training=False), tf.float32)
+        return refine_logits(logits, guides, self.refinement) if self.refinement.enabled else logits
 
     def _outputs(self, logits: tf.Tensor, size: tf.Tensor) -> dict[str, tf.Tensor]:
         """Probabilities and binary mask [B, H, W] at ``size`` from model-size logits [B, h, w, 1]."""
@@ -251,45 +277,55 @@ class UNetServing(tf.Module):
 
     def _decode_resized(
         self, image_bytes: tf.Tensor, orientation: tf.Tensor | None = None
-    ) -> tuple[tf.Tensor, tf.Tensor]:
+    ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Each photo decoded, turned upright by its orientation (none: as stored) and resized to the
-        training size, and its (height, width) as shown."""
+        training size, its refinement guide (``_inputs``), and its (height, width) as shown."""
         if orientation is None:
             orientation = tf.ones(tf.shape(image_bytes), tf.int32)
+        guide_shape = [*self.guide_size, 3] if self.refinement.enabled else [0, 0, 3]
 
-        def decode(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+        def decode(args: tuple[tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             data, turn = args
             image, size = decode_photo(data, turn, self.image_size)
-            return self._to_model_size(tf.cast(image, tf.float32)[tf.newaxis] / 255.0)[0], size
+            model_sized, guide = self._inputs(tf.cast(image, tf.float32)[tf.newaxis] / 255.0)
+            return model_sized[0], guide[0], size
 
         return tf.map_fn(
             decode,
             (image_bytes, orientation),
             fn_output_signature=(
                 tf.TensorSpec([*self.image_size, 3], tf.float32),
+                tf.TensorSpec(guide_shape, tf.float32),
                 tf.TensorSpec([2], tf.int32),
             ),
         )
 
     @tf.function(input_signature=[BYTES_SPEC])
     def serving_default(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images, sizes = self._decode_resized(image_bytes)
+        images, guides, sizes = self._decode_resized(image_bytes)
         tf.debugging.assert_equal(
             sizes,
             tf.broadcast_to(sizes[:1], tf.shape(sizes)),
             message="serving_default: all photos of a batch must have the same size "
             "(send one photo per request, or use the mask_png signature)",
         )
-        return self._outputs(self._logits(images), sizes[0])
+        return self._outputs(self._logits(images, guides), sizes[0])
 
-    def _encoded(self, images: tf.Tensor, sizes: tf.Tensor, *, tta: bool) -> dict[str, tf.Tensor]:
-        """``mask_png``'s outputs for model-size images and each photo's (height, width).
+    def _with_mirrors(self, images: tf.Tensor, guides: tf.Tensor) -> tf.Tensor:
+        """The logits of the batch with its mirror images appended (one network call for both)."""
+        flip = functools.partial(tf.reverse, axis=[2])
+        return self._logits(tf.concat([images, flip(images)], 0), tf.concat([guides, flip(guides)], 0))
+
+    def _encoded(
+        self, images: tf.Tensor, guides: tf.Tensor, sizes: tf.Tensor, *, tta: bool
+    ) -> dict[str, tf.Tensor]:
+        """``mask_png``'s outputs for model-size images, their guides and each photo's (height, width).
 
         With ``tta`` the batch runs once with its mirror images appended, and each photo's
         probabilities are the mean of its own and its mirror's (flipped back), at the photo's size.
         """
         batch = tf.shape(images)[0]
-        logits = self._logits(tf.concat([images, images[:, :, ::-1]], 0) if tta else images)
+        logits = self._with_mirrors(images, guides) if tta else self._logits(images, guides)
         mirrored = logits[batch:] if tta else logits
 
         def encode(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
@@ -322,15 +358,18 @@ class UNetServing(tf.Module):
     def mask_png_tta(self, image_bytes: tf.Tensor, orientation: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._encoded(*self._decode_resized(image_bytes, orientation), tta=True)
 
-    def _alpha_encoded(self, images: tf.Tensor, sizes: tf.Tensor, *, tta: bool) -> dict[str, tf.Tensor]:
+    def _alpha_encoded(
+        self, images: tf.Tensor, guides: tf.Tensor, sizes: tf.Tensor, *, tta: bool
+    ) -> dict[str, tf.Tensor]:
         """``alpha_png``'s outputs: the photo and its mirror in one batch, each resized to the photo."""
         # Batched as mask_png (mask_png_tta with ``tta``) batches, so the mask is theirs to the bit.
         if tta:
             batch = tf.shape(images)[0]
-            both = self._logits(tf.concat([images, images[:, :, ::-1]], 0))
+            both = self._with_mirrors(images, guides)
             logits, mirrored = both[:batch], both[batch:]
         else:
-            logits, mirrored = self._logits(images), self._logits(images[:, :, ::-1])
+            logits = self._logits(images, guides)
+            mirrored = self._logits(images[:, :, ::-1], guides[:, :, ::-1])
 
         def encode(args: tuple[tf.Tensor, tf.Tensor, tf.Tensor]) -> tuple[tf.Tensor, ...]:
             one_logits, one_mirrored, size = args
@@ -381,7 +420,7 @@ class UNetServing(tf.Module):
 
     @tf.function(input_signature=[IMAGES_SPEC])
     def predict_images(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self._logits(self._to_model_size(images))
+        logits = self._logits(*self._inputs(images))
         return self._outputs(logits, tf.shape(images)[1:3])
 
 
@@ -393,8 +432,12 @@ def export_saved_model(
     name: str = MODEL_NAME,
     version: int = MODEL_VERSION,
     metadata: Mapping[str, Any] | None = None,
+    refinement: EdgeRefinement = DEFAULT_REFINEMENT,
 ) -> Path:
     """Write ``<model_dir>/<name>/<version>/`` and return it; an existing export is replaced whole.
+
+    ``refinement`` (trainer.refine) is built into every signature: what the endpoint serves is what
+    ``carvana evaluate`` scores.
 
     The SavedModel is written beside the target and renamed into place, so TF Serving (which polls
     the version folders) never sees a half-written version. ``metadata`` (how training went, see
@@ -405,7 +448,7 @@ def export_saved_model(
     tmp = target.with_name(f".tmp-{os.getpid()}-{version}")
     old = target.with_name(f".old-{os.getpid()}-{version}")
     shutil.rmtree(tmp, ignore_errors=True)
-    module = UNetServing(model, image_size)
+    module = UNetServing(model, image_size, refinement)
     signatures = {
         "serving_default": module.serving_default,
         SIGNATURE: module.mask_png,

@@ -25,7 +25,7 @@ import math
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -234,8 +234,14 @@ def _callbacks(
     probe: tuple[tf.Tensor, tf.Tensor] | None,
     preview: tuple[tf.Tensor, tf.Tensor] | None,
     start: float,
-) -> tuple[list[keras.callbacks.Callback], keras.callbacks.EarlyStopping | None, TimeBudget | None]:
-    """The run's callbacks in the order they must see each epoch, plus the two whose outcome matters.
+) -> tuple[
+    list[keras.callbacks.Callback],
+    list[keras.callbacks.Callback],
+    keras.callbacks.EarlyStopping | None,
+    TimeBudget | None,
+]:
+    """The run's callbacks in the order they must see each epoch; those that judge the validation
+    loss (early stopping, the plateau schedule); and the two whose outcome matters.
 
     Debugger rules first (a NaN stops the step before anything is saved), then early stopping and
     the learning-rate schedule, then progressive resizing's switch (which the checkpoint records and
@@ -243,6 +249,7 @@ def _callbacks(
     counters), then the output.
     Early stopping (``--patience``, 0 = off) stays a guard against a run that has stopped learning:
     with the cosine schedule ``--epochs`` has already shaped the rates of every epoch before it.
+    The judges sit out progressive resizing's small part (see ``_train``).
     """
     chief = config.cluster.is_chief
     early_stopping = (
@@ -288,7 +295,8 @@ def _callbacks(
             callbacks.append(MaskPreview(*preview, config.paths.tensorboard_dir))
     if budget is not None:
         callbacks.append(budget)
-    return callbacks, early_stopping, budget
+    judges = [c for c in (early_stopping, resumable.get("reduce_lr")) if c is not None]
+    return callbacks, judges, early_stopping, budget
 
 
 def export(model: keras.Model, config: TrainConfig, metadata: dict[str, Any] | None = None) -> Path:
@@ -304,7 +312,13 @@ def export(model: keras.Model, config: TrainConfig, metadata: dict[str, Any] | N
     keras.mixed_precision.set_global_policy("float32")
     plain = _unet(config)
     plain.set_weights(model.get_weights())
-    return export_saved_model(plain, config.paths.model_dir, config.model.image_size, metadata=metadata)
+    return export_saved_model(
+        plain,
+        config.paths.model_dir,
+        config.model.image_size,
+        metadata=metadata,
+        refinement=config.export.refinement,
+    )
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -368,7 +382,7 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
             resume=state.epoch > 0,
             tensorboard_dir=paths.tensorboard_dir if chief else None,
         )
-        callbacks, early_stopping, budget = _callbacks(
+        callbacks, judges, early_stopping, budget = _callbacks(
             config,
             state,
             stop,
@@ -402,6 +416,9 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
                     print(f"encoder {'frozen' if frozen else 'unfrozen'} from epoch {state.epoch + 1}")
                 state.encoder_frozen = frozen  # recorded with every checkpoint of this phase
                 # Twice when progressive resizing switches to full size within this phase.
+                # The small part's validation (at full size) judges nothing: the model sees the cars
+                # larger there than it trains on, so val_loss swings and grows until the switch,
+                # and early stopping or the plateau schedule would end the run or cut the rate on it.
                 while True:
                     small = small_ds is not None and not state.full_size
                     model.fit(
@@ -409,7 +426,7 @@ def _train(config: TrainConfig, stop: StopRequest) -> TrainResult:
                         validation_data=val_ds,
                         initial_epoch=state.epoch,
                         epochs=last_epoch,
-                        callbacks=callbacks,
+                        callbacks=[c for c in callbacks if not (small and c in judges)],
                         shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data.Dataset
                         verbose=config.runtime.verbosity,
                     )
@@ -487,6 +504,7 @@ def run_metadata(
         "lr_schedule": config.optimisation.lr_schedule,
         "encoder": config.model.encoder,
         "image_size": list(config.model.image_size),
+        "edge_refinement": asdict(config.export.refinement),
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
 

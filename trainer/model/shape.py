@@ -1,10 +1,13 @@
-"""What input sizes, encoders and decoder modes the models accept, in plain Python.
+"""What input sizes, encoders and decoder modes the models accept, and the size the exported
+model's edge refinement works at (``trainer.refine``), in plain Python.
 
 Kept apart from ``unet.py`` and ``encoders.py`` (which import Keras) so the training configuration
 and the launcher can check a size before a job starts without loading TensorFlow.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 UPSAMPLING_MODES = ("transpose", "bilinear")
 # ``unet``: the from-scratch encoder of ``build_unet`` (``--depth`` poolings); the others are Keras
@@ -60,3 +63,32 @@ def check_input_size(height: int, width: int, depth: int, *, encoder: str = SCRA
 
 def _round_up(value: int, factor: int) -> int:
     return -(-value // factor) * factor
+
+
+# The edge refinement's guide (the photo) and the probabilities it filters are at this multiple of
+# the model's input size, each side.
+GUIDE_SCALE = 2
+
+
+@dataclass(frozen=True)
+class EdgeRefinement:
+    """The exported model's guided filter (``trainer.refine``): ``radius`` in pixels of the guide,
+    ``eps`` in squared [0, 1] colour units; ``radius`` 0 turns refinement off.
+
+    The defaults were measured on real cars (README, Results: edge refinement).
+    """
+
+    radius: int = 4
+    eps: float = 1e-4
+
+    @property
+    def enabled(self) -> bool:
+        return self.radius > 0
+
+    def guide_size(self, model_size: tuple[int, int]) -> tuple[int, int]:
+        """The (height, width) the photo and the probabilities are filtered at."""
+        return GUIDE_SCALE * model_size[0], GUIDE_SCALE * model_size[1]
+
+
+# What a SavedModel is exported with unless told otherwise (carvana train's --refine-* defaults).
+DEFAULT_REFINEMENT = EdgeRefinement()

@@ -6,7 +6,7 @@ The same ``trainer/train.py`` runs inside a SageMaker training container (hyperp
 variable, then a local default under ``./runs`` so nothing tries to write to ``/opt/ml`` by accident.
 
 Each hyperparameter is declared once, below, as a field of its concern (model, pipeline,
-optimisation, stopping, runtime) with its help, range and tuner range
+optimisation, stopping, runtime, export) with its help, range and tuner range
 (``trainer.training.hyperparameters``): the entry point's flags, the launcher's flags, the SageMaker
 hyperparameters and the tuner's search space are all derived from these declarations.
 """
@@ -24,10 +24,12 @@ from typing import Any
 from trainer.command import parse_arguments
 from trainer.data import layout
 from trainer.model.shape import (
+    DEFAULT_REFINEMENT,
     ENCODER_WEIGHTS,
     ENCODERS,
     SCRATCH_ENCODER,
     UPSAMPLING_MODES,
+    EdgeRefinement,
     check_input_size,
     scaled_size,
 )
@@ -178,6 +180,27 @@ class PipelineOptions:
         "an epoch end; validation is always at --image-size; 0 = off",
         bounds=Bounds(0.0, 1.0, note="0 = off"),
     )
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """export: the served mask's edge refinement, built into the SavedModel (trainer.refine)."""
+
+    refine_radius: int = hyperparameter(
+        DEFAULT_REFINEMENT.radius,
+        "guided filter's window radius, in pixels of the photo at twice --image-size (4 = two model "
+        "pixels): snaps the upsampled mask's edge to the photo's edges; 0 = off",
+        bounds=Bounds(low=0.0, note="0 = off"),
+    )
+    refine_eps: float = hyperparameter(
+        DEFAULT_REFINEMENT.eps,
+        "guided filter's regularisation (squared colour, 0..1 scale): smaller follows fainter edges",
+        bounds=POSITIVE,
+    )
+
+    @property
+    def refinement(self) -> EdgeRefinement:
+        return EdgeRefinement(radius=self.refine_radius, eps=self.refine_eps)
 
 
 @dataclass(frozen=True)
@@ -335,6 +358,7 @@ class TrainConfig:
     optimisation: OptimisationConfig = field(default_factory=OptimisationConfig)
     stopping: StoppingConfig = field(default_factory=StoppingConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    export: ExportOptions = field(default_factory=ExportOptions)
     cluster: Cluster = field(default_factory=Cluster)
 
     def __post_init__(self) -> None:
