@@ -9,7 +9,7 @@ Finished settings (a ``DONE`` file) are not redone. ``--setting 0`` is the mask 
 Usage::
 
     python bench/refine.py --records runs/real-192x288 --data ../shared/carvana \\
-        --run runs/recipes/resize50-seed0 --run runs/recipes/resize50-seed1 --setting 0 --setting 4,1e-4
+        --run runs/recipes/resize50-seed0 --run runs/recipes/resize50-seed1 --setting 0 --setting 2,1e-4
 
 The runs must have been trained with the default architecture, or give its flags with
 ``--train-flags`` ("--base-filters 32 ..."); the pipeline and schedule flags do not matter here.
@@ -37,12 +37,12 @@ from trainer.model_metadata import read_metadata
 
 
 def parse_setting(text: str) -> EdgeRefinement:
-    """``"4,1e-4"`` -> radius 4, eps 1e-4; ``"0"`` -> off."""
+    """``"2,1e-4"`` -> radius 2, eps 1e-4; ``"0"`` -> off."""
     radius, _, eps = text.partition(",")
     try:
         return EdgeRefinement(radius=int(radius), eps=float(eps or EdgeRefinement.eps))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected RADIUS[,EPS] such as 4,1e-4 or 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected RADIUS[,EPS] such as 2,1e-4 or 0, got {text!r}") from None
 
 
 def folder_name(setting: EdgeRefinement) -> str:
@@ -81,6 +81,10 @@ def mask_png_ms(model: Path, photo: bytes, calls: int) -> float:
     return statistics.median(times)
 
 
+# The picture's window (height, width) in photo pixels: small enough to see single pixels.
+WINDOW = (240, 360)
+
+
 def per_image(folder: Path) -> dict[tuple[str, int], float]:
     """(car, angle) -> Dice from one evaluation's per_image.csv."""
     with (folder / "per_image.csv").open() as handle:
@@ -89,7 +93,7 @@ def per_image(folder: Path) -> dict[tuple[str, int], float]:
 
 def picture(run: Path, before: EdgeRefinement, after: EdgeRefinement, data: Path, path: Path) -> None:
     """The photo whose Dice ``after`` gains most over ``before``, its errors under each side by side,
-    cropped to where the two masks differ most (red: marked but not car; blue: car missed)."""
+    in the window where the two masks differ most (red: marked but not car; blue: car missed)."""
     import tensorflow as tf
     from matplotlib.figure import Figure
 
@@ -110,11 +114,24 @@ def picture(run: Path, before: EdgeRefinement, after: EdgeRefinement, data: Path
         signature = tf.saved_model.load(str(find_saved_model(folder / "model"))).signatures[SIGNATURE]
         out = signature(image_bytes=tf.constant([jpeg]), orientation=tf.constant([1]))
         masks.append(decode_mask_png(out["mask_png_bytes"].numpy()[0]))
-    # A 320x480 window centred on the mean position of the pixels the two masks disagree on.
-    rows, cols = np.nonzero(masks[0] != masks[1])
-    top = int(np.clip(rows.mean() - 160, 0, pixels.shape[0] - 320))
-    left = int(np.clip(cols.mean() - 240, 0, pixels.shape[1] - 480))
-    window = np.s_[top : top + 320, left : left + 480]
+    # The 240x360 window (on a 20-pixel grid) holding the most pixels the two masks disagree on.
+    differ = np.pad(np.cumsum(np.cumsum(masks[0] != masks[1], 0), 1), ((1, 0), (1, 0)))
+    height, width = WINDOW
+    corners = [
+        (top, left)
+        for top in range(0, pixels.shape[0] - height + 1, 20)
+        for left in range(0, pixels.shape[1] - width + 1, 20)
+    ]
+    top, left = max(
+        corners,
+        key=lambda c: (
+            differ[c[0] + height, c[1] + width]
+            - differ[c[0], c[1] + width]
+            - differ[c[0] + height, c[1]]
+            + differ[c[0], c[1]]
+        ),
+    )
+    window = np.s_[top : top + height, left : left + width]
     fig = Figure(figsize=(12, 4.4), layout="constrained")
     for index, (setting, mask, score) in enumerate(
         zip((before, after), masks, (scores_before, scores_after), strict=True)
@@ -124,7 +141,10 @@ def picture(run: Path, before: EdgeRefinement, after: EdgeRefinement, data: Path
         label = f"refinement r={setting.radius}, eps={setting.eps:g}" if setting.enabled else "no refinement"
         ax.set_title(f"{label}: Dice {score[car, angle]:.4f}")
         ax.set_axis_off()
-    fig.suptitle(f"{photo.image_path.name}, a 480x320 window of 1918x1280 (red: not car, blue: missed)")
+    fig.suptitle(
+        f"{photo.image_path.name}: the {width}x{height} window at ({left}, {top}) of "
+        f"{pixels.shape[1]}x{pixels.shape[0]} where the masks differ most (red: not car, blue: missed)"
+    )
     save_figure(fig, path)
 
 

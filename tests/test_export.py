@@ -82,7 +82,7 @@ def test_savedmodel_matches_the_keras_model_at_its_input_size(exported, tmp_path
     logits = model(images, training=False)
     plain = loaded_export(model, tmp_path, NO_REFINEMENT).signatures["predict_images"]
     guides = tf.image.resize(images, DEFAULT_REFINEMENT.guide_size(MODEL_SIZE), antialias=True)
-    refined = tf.image.resize(refine_logits(logits, guides, DEFAULT_REFINEMENT), MODEL_SIZE)
+    refined = tf.image.resize(refine_logits(logits, images, guides, DEFAULT_REFINEMENT), MODEL_SIZE)
     for signature, expected_logits in ((plain, logits), (loaded.signatures["predict_images"], refined)):
         expected = tf.sigmoid(expected_logits)[..., 0].numpy()
         out = signature(images=tf.constant(images))
@@ -111,7 +111,9 @@ def test_serving_default_returns_masks_at_the_photo_size(exported):
     floats = loaded.signatures["predict_images"](
         images=tf.constant(np.stack(photos).astype(np.float32) / 255)
     )
-    np.testing.assert_allclose(floats["probabilities"].numpy(), lossless["probabilities"].numpy(), atol=1e-5)
+    # Up to 1e-3 apart: the edge refinement divides by small colour variances, which magnifies the
+    # rounding differences between the network's batched and one-photo runs.
+    np.testing.assert_allclose(floats["probabilities"].numpy(), lossless["probabilities"].numpy(), atol=2e-3)
 
 
 def test_png_input_and_mixed_sizes_in_one_batch_need_mask_png(exported):

@@ -104,7 +104,7 @@ def test_local_defaults_and_explicit_flags():
     model = config.model
     assert (model.image_size, model.depth, model.base_filters) == ((192, 288), 4, 16)
     assert config.pipeline.cache is True
-    assert config.export.refinement == EdgeRefinement(radius=4, eps=1e-4)
+    assert config.export.refinement == EdgeRefinement(radius=2, eps=1e-4)
     assert not parse_config(["--refine-radius", "0"], {}).export.refinement.enabled
     assert not config.cluster.multi_worker and config.cluster.is_chief
     config = parse_config(
@@ -275,7 +275,7 @@ def test_sigterm_saves_a_checkpoint_and_a_rerun_resumes_and_finishes(sample_tfre
     assert (tmp_path / "model" / "unet" / "1" / "saved_model.pb").is_file()
     complete = read_metadata(tmp_path / "model")
     assert complete["partial"] is False and complete["epochs_completed"] == epochs
-    assert complete["edge_refinement"] == {"radius": 4, "eps": 1e-4}
+    assert complete["edge_refinement"] == {"radius": 2, "eps": 1e-4}
     final = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert final["epoch"] == epochs and len(final["history"]["loss"]) == epochs
     # The optimizer's step count carried over (a fresh optimizer would stop short of every step).

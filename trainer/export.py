@@ -263,15 +263,17 @@ class UNetServing(tf.Module):
     def _logits(self, model_sized: tf.Tensor, guides: tf.Tensor) -> tf.Tensor:
         """The network's logits [B, h, w, 1]; refined at the guide's size when refinement is on."""
         logits = tf.cast(self.model(model_sized, training=False), tf.float32)
-        return refine_logits(logits, guides, self.refinement) if self.refinement.enabled else logits
+        if not self.refinement.enabled:
+            return logits
+        return refine_logits(logits, model_sized, guides, self.refinement)
 
     def _outputs(self, logits: tf.Tensor, size: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Probabilities and binary mask [B, H, W] at ``size`` from model-size logits [B, h, w, 1]."""
+        """Probabilities and binary mask [B, H, W] at ``size`` from ``_logits``' [B, h, w, 1]."""
         probabilities = tf.sigmoid(tf.image.resize(logits, size, method="bilinear"))[..., 0]
         return {"probabilities": probabilities, "mask": tf.cast(probabilities > THRESHOLD, tf.uint8)}
 
     def _full_size_mask(self, logits: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
-        """bool [H, W] at ``size`` from one photo's model-size logits [h, w, 1]: the same pixels as
+        """bool [H, W] at ``size`` from one photo's ``_logits`` [h, w, 1]: the same pixels as
         thresholding ``_outputs``' probabilities, without computing them (LOGIT_THRESHOLD)."""
         return tf.image.resize(logits[tf.newaxis], size, method="bilinear")[0, ..., 0] > LOGIT_THRESHOLD
 

@@ -65,20 +65,20 @@ def _round_up(value: int, factor: int) -> int:
     return -(-value // factor) * factor
 
 
-# The edge refinement's guide (the photo) and the probabilities it filters are at this multiple of
-# the model's input size, each side.
+# The edge refinement draws the edge on the photo resized to this multiple of the model's input
+# size, each side (its coefficients are fitted at the model's size: trainer.refine).
 GUIDE_SCALE = 2
 
 
 @dataclass(frozen=True)
 class EdgeRefinement:
-    """The exported model's guided filter (``trainer.refine``): ``radius`` in pixels of the guide,
-    ``eps`` in squared [0, 1] colour units; ``radius`` 0 turns refinement off.
+    """The exported model's guided filter (``trainer.refine``): ``radius`` in pixels of the model's
+    input, ``eps`` in squared [0, 1] colour units; ``radius`` 0 turns refinement off.
 
     The defaults were measured on real cars (README, Results: edge refinement).
     """
 
-    radius: int = 4
+    radius: int = 2
     eps: float = 1e-4
 
     @property
@@ -86,7 +86,7 @@ class EdgeRefinement:
         return self.radius > 0
 
     def guide_size(self, model_size: tuple[int, int]) -> tuple[int, int]:
-        """The (height, width) the photo and the probabilities are filtered at."""
+        """The (height, width) the refined edge is drawn at, on the photo resized to it."""
         return GUIDE_SCALE * model_size[0], GUIDE_SCALE * model_size[1]
 
 

@@ -188,8 +188,8 @@ class ExportOptions:
 
     refine_radius: int = hyperparameter(
         DEFAULT_REFINEMENT.radius,
-        "guided filter's window radius, in pixels of the photo at twice --image-size (4 = two model "
-        "pixels): snaps the upsampled mask's edge to the photo's edges; 0 = off",
+        "edge refinement: the guided filter's window radius in pixels of --image-size; it snaps the "
+        "mask's edge to the photo's edges, drawn at twice --image-size; 0 = off",
         bounds=Bounds(low=0.0, note="0 = off"),
     )
     refine_eps: float = hyperparameter(
