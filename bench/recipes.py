@@ -69,14 +69,27 @@ def run(folder: Path, flags: list[str], seed: int, args: argparse.Namespace) -> 
         "--verbose", "2", "--profile-batches", "0", *flags,
         log=folder / "train.log",
     )  # fmt: skip
+    evaluate(folder, args)
+
+
+def evaluate(folder: Path, args: argparse.Namespace) -> None:
+    """``carvana evaluate`` of ``folder/model`` on the validation cars of ``args.records``, without
+    and with flip TTA (``folder/eval``, ``folder/eval-tta``), then ``folder/DONE``."""
     for name, tta in (("eval", []), ("eval-tta", ["--tta"])):
-        print(f"{folder.name}: evaluating{' with flip TTA' if tta else ''}", flush=True)
+        print(f"{folder}: evaluating{' with flip TTA' if tta else ''}", flush=True)
         carvana(
             "evaluate", "--model", str(folder / "model"), "--data", str(args.data),
             "--manifest", str(args.records), "--split", "validation", "--out", str(folder / name), *tta,
             log=folder / f"{name}.log",
         )  # fmt: skip
     (folder / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--records`` and ``--data``: what every quality bench evaluates on."""
+    add = parser.add_argument
+    add("--records", type=Path, required=True, help="carvana convert's output (its manifest's split)")
+    add("--data", type=Path, required=True, help="the Kaggle-layout photos, for full-resolution Dice")
 
 
 def scores(summary_path: Path) -> str:
@@ -129,9 +142,8 @@ def plot(folders: list[Path], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/recipes.py", description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
     add = parser.add_argument
-    add("--records", type=Path, required=True, help="carvana convert's output (train/, validation/)")
-    add("--data", type=Path, required=True, help="the Kaggle-layout photos, for full-resolution Dice")
     add("--out", type=Path, default=Path("runs/recipes"), help="one folder per run")
     add("--recipe", type=parse_recipe, action="append", default=[], help="NAME=FLAGS, repeatable")
     add("--seeds", default="0", help="comma-separated seeds, each recipe once per seed")

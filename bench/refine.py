@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from recipes import carvana, scores  # bench/recipes.py: the same evaluation commands and columns
+from recipes import add_data_arguments, evaluate, scores  # bench/recipes.py: the same evaluation and columns
 
 from trainer.model.shape import EdgeRefinement
 from trainer.model_metadata import read_metadata
@@ -150,9 +150,8 @@ def picture(run: Path, before: EdgeRefinement, after: EdgeRefinement, data: Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/refine.py", description=__doc__.split("\n\n")[0])
+    add_data_arguments(parser)
     add = parser.add_argument
-    add("--records", type=Path, required=True, help="carvana convert's output (its manifest's split)")
-    add("--data", type=Path, required=True, help="the Kaggle-layout photos, for full-resolution Dice")
     add("--run", type=Path, action="append", required=True, help="a bench/recipes.py run folder")
     add("--setting", type=parse_setting, action="append", required=True, help="RADIUS[,EPS]; 0 = off")
     add("--train-flags", default="", help="the runs' architecture flags, if not the defaults")
@@ -169,17 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (folder / "DONE").is_file():
                 print(f"{run.name}: exporting {folder.name}", flush=True)
                 export_run(run, setting, folder / "model", shlex.split(args.train_flags))
-                for name, tta in (("eval", []), ("eval-tta", ["--tta"])):
-                    print(
-                        f"{run.name}: evaluating {folder.name}{' with flip TTA' if tta else ''}", flush=True
-                    )
-                    carvana(
-                        "evaluate", "--model", str(folder / "model"), "--data", str(args.data),
-                        "--manifest", str(args.records), "--split", "validation",
-                        "--out", str(folder / name), *tta,
-                        log=folder / f"{name}.log",
-                    )  # fmt: skip
-                (folder / "DONE").write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"))
+                evaluate(folder, args)
             rows.append(
                 f"| {run.name} | {folder.name} | {scores(folder / 'eval' / 'summary.json')} | "
                 f"{scores(folder / 'eval-tta' / 'summary.json')} |"
