@@ -11,8 +11,8 @@ changes sharply the probability may too, and where the colour is flat it stays s
 
 The coefficients are fitted at the model's size, on its input and its probabilities, and applied
 at twice that size (``trainer.model.shape.GUIDE_SCALE``: 384x576 for the default model) to the
-photo resized there: He and Sun's fast guided filter. On real cars fitting them at twice the size
-gained about 0.0001 Dice more, for five times the time (``bench/refine.py`` times the exports).
+photo resized there: He and Sun's fast guided filter. On real cars, fitting them at twice the size
+instead scored 0.00005 more Dice for five times the added time (README, Results: edge refinement).
 ``radius`` is in model pixels (2: the 5x5 windows span about the network's blurred edge) and
 ``eps`` in squared [0, 1] colour units (small: faint colour edges, silver on grey, count too).
 
