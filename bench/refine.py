@@ -27,6 +27,7 @@ import shlex
 import statistics
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +61,7 @@ def export_run(run: Path, setting: EdgeRefinement, model_dir: Path, train_flags:
     config = parse_config(["--model-dir", str(model_dir), "--image-size", size, *refine, *train_flags])
     model = build_model(config)
     model.load_weights(run / "ckpt" / "best.weights.h5")
-    export(model, config, {**metadata, "edge_refinement": {"radius": setting.radius, "eps": setting.eps}})
+    export(model, config, {**metadata, "edge_refinement": asdict(setting)})
 
 
 def mask_png_ms(model: Path, photo: bytes, calls: int) -> float:

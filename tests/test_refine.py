@@ -10,7 +10,19 @@ import tensorflow as tf
 
 from trainer.model.metrics import dice_numpy
 from trainer.model.shape import DEFAULT_REFINEMENT, EdgeRefinement
-from trainer.refine import PROBABILITY_FLOOR, box_mean, guided_filter, refine_logits
+from trainer.refine import (
+    PROBABILITY_FLOOR,
+    apply_coefficients,
+    box_mean,
+    guided_filter_coefficients,
+    refine_logits,
+)
+
+
+def guided_filter(guide: tf.Tensor, source: tf.Tensor, radius: int, eps: float) -> tf.Tensor:
+    """The guided filter at the guide's own size, from trainer.refine's two halves."""
+    guide = tf.cast(guide, tf.float32)
+    return apply_coefficients(*guided_filter_coefficients(guide, source, radius, eps), guide)
 
 
 def window(x: np.ndarray, row: int, col: int, radius: int) -> np.ndarray:

@@ -106,17 +106,12 @@ def guided_filter_coefficients(
 
 
 def apply_coefficients(a: tf.Tensor, b: tf.Tensor, guide: tf.Tensor) -> tf.Tensor:
-    """``a . I + b`` [B, H, W, 1] at the guide's size, ``a`` and ``b`` resized to it (bilinear)."""
-    size = tf.shape(guide)[1:3]
-    a, b = tf.image.resize(a, size, method="bilinear"), tf.image.resize(b, size, method="bilinear")
-    return tf.reduce_sum(a * guide, axis=-1, keepdims=True) + b
+    """``a . I + b`` [B, H, W, 1] at the guide's size, ``a`` and ``b`` resized to it (bilinear).
 
-
-def guided_filter(guide: tf.Tensor, source: tf.Tensor, radius: int, eps: float) -> tf.Tensor:
-    """The guided filter of ``source`` [B, H, W, 1] by ``guide`` [B, H, W, 3], at their size."""
-    return apply_coefficients(
-        *guided_filter_coefficients(guide, source, radius, eps), tf.cast(guide, tf.float32)
-    )
+    ``apply_coefficients(*guided_filter_coefficients(I, p, r, eps), I)`` is the guided filter itself.
+    """
+    resized = tf.image.resize(tf.concat([a, b], axis=-1), tf.shape(guide)[1:3], method="bilinear")
+    return tf.reduce_sum(resized[..., :3] * guide, axis=-1, keepdims=True) + resized[..., 3:]
 
 
 def refine_logits(
