@@ -453,3 +453,35 @@ def test_progressive_resizing_switches_by_the_clock_and_warns_the_budget(monkeyp
     # 75 %: switched. A full-size epoch takes about 2 min x 2.25 = 4.5 min: 7.5 + 4.5 > 10.
     assert state.full_size and model.stop_training and budget.exhausted
     assert "would be crossed by epoch 5 (7.5 min used, epochs take up to 4.5 min)" in capsys.readouterr().out
+
+
+def test_after_the_switch_the_budget_goes_by_the_timed_full_size_epochs(monkeypatch, capsys):
+    """The full-size estimate scales the slowest small epoch (here a 3-minute outlier among 2-minute
+    ones: 6.75 min); once a full-size epoch has been timed (4 min), that is what the budget expects,
+    so the run gets the epoch the guess would have cost it, and still stops before crossing."""
+    clock = _Clock()
+    monkeypatch.setattr(callbacks_module.time, "monotonic", clock)
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    state = RunState()
+    budget = TimeBudget(20.0, clock.now)
+    switch = ProgressiveSize(state, 0.5, 100, pixel_ratio=2.25, budget=budget)
+    for callback in (switch, budget):
+        callback.set_model(model)
+
+    def epoch(index: int, start: float, end: float) -> None:
+        model.stop_training = False  # as each fit sets it
+        clock.now = 1000.0 + 60 * start
+        budget.on_epoch_begin(index)
+        clock.now = 1000.0 + 60 * end
+        switch.on_epoch_end(index)
+        budget.on_epoch_end(index)
+
+    for index, (start, end) in enumerate([(0, 2), (2, 5), (5, 7), (7, 9), (9, 11)]):
+        epoch(index, start, end)
+    assert state.full_size and budget.longest_epoch_min == pytest.approx(6.75)  # switched at 55 %
+    assert not budget.exhausted  # 11 + 6.75 <= 20
+    epoch(5, 11, 15)
+    assert not budget.exhausted  # 15 + 4 <= 20: the 6.75 guess would have stopped here
+    epoch(6, 15, 19)
+    assert budget.exhausted
+    assert "would be crossed by epoch 8 (19.0 min used, epochs take up to 4.0 min)" in capsys.readouterr().out

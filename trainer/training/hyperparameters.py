@@ -2,7 +2,7 @@
 
 A hyperparameter is one dataclass field of a configuration concern (``trainer.training.config``)::
 
-    batch_size: int = hyperparameter(8, "images per step per replica", bounds=POSITIVE,
+    batch_size: int = hyperparameter(4, "images per step per replica", bounds=POSITIVE,
                                      search=(4, 8, 16), launcher=True)
 
 and that one line is the source of the entry point's flag (``--batch-size``, the name SageMaker
