@@ -424,34 +424,41 @@ def test_early_stopping_judges_only_the_full_size_epochs(sample_tfrecords, tmp_p
     assert result.stop_reason == "early_stopping"
 
 
+class _ProgressiveRun:
+    """A time budget and the progressive-resizing switch on a hand-moved clock, fed epoch by epoch."""
+
+    def __init__(self, monkeypatch, max_minutes: float, share: float) -> None:
+        self.clock = _Clock()
+        monkeypatch.setattr(callbacks_module.time, "monotonic", self.clock)
+        self.model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+        self.state = RunState()
+        self.budget = TimeBudget(max_minutes, self.clock.now)
+        self.switch = ProgressiveSize(self.state, share, 100, pixel_ratio=2.25, budget=self.budget)
+        for callback in (self.switch, self.budget):
+            callback.set_model(self.model)
+
+    def epoch(self, index: int, start: float, end: float) -> None:
+        """Epoch ``index`` from minute ``start`` to minute ``end`` of the run."""
+        self.model.stop_training = False  # as each fit sets it
+        self.clock.now = 1000.0 + 60 * start
+        self.budget.on_epoch_begin(index)
+        self.clock.now = 1000.0 + 60 * end
+        self.switch.on_epoch_end(index)
+        self.budget.on_epoch_end(index)
+
+
 def test_progressive_resizing_switches_by_the_clock_and_warns_the_budget(monkeypatch, capsys):
     """With a budget the switch follows the minutes, and the budget expects the full-size epochs to
     take the pixel ratio longer: it stops rather than start one that would cross it."""
-    clock = _Clock()
-    monkeypatch.setattr(callbacks_module.time, "monotonic", clock)
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.stop_training = False  # as fit sets it
-    state = RunState()
-    budget = TimeBudget(10.0, clock.now)
-    switch = ProgressiveSize(state, 0.7, 100, pixel_ratio=2.25, budget=budget)
-    for callback in (switch, budget):
-        callback.set_model(model)
-
-    def epoch(index: int, start: float, end: float) -> None:
-        clock.now = 1000.0 + 60 * start
-        budget.on_epoch_begin(index)
-        clock.now = 1000.0 + 60 * end
-        switch.on_epoch_end(index)
-        budget.on_epoch_end(index)
-
-    epoch(0, 0.0, 2.0)
-    epoch(1, 2.0, 4.0)
-    assert not state.full_size and not model.stop_training  # 40 % of the 10 minutes: still small
-    epoch(2, 4.0, 6.0)
-    assert not state.full_size  # 60 %
-    epoch(3, 6.0, 7.5)
+    run = _ProgressiveRun(monkeypatch, 10.0, 0.7)
+    run.epoch(0, 0.0, 2.0)
+    run.epoch(1, 2.0, 4.0)
+    assert not run.state.full_size and not run.model.stop_training  # 40 % of the 10 minutes: still small
+    run.epoch(2, 4.0, 6.0)
+    assert not run.state.full_size  # 60 %
+    run.epoch(3, 6.0, 7.5)
     # 75 %: switched. A full-size epoch takes about 2 min x 2.25 = 4.5 min: 7.5 + 4.5 > 10.
-    assert state.full_size and model.stop_training and budget.exhausted
+    assert run.state.full_size and run.model.stop_training and run.budget.exhausted
     assert "would be crossed by epoch 5 (7.5 min used, epochs take up to 4.5 min)" in capsys.readouterr().out
 
 
@@ -459,29 +466,13 @@ def test_after_the_switch_the_budget_goes_by_the_timed_full_size_epochs(monkeypa
     """The full-size estimate scales the slowest small epoch (here a 3-minute outlier among 2-minute
     ones: 6.75 min); once a full-size epoch has been timed (4 min), that is what the budget expects,
     so the run gets the epoch the guess would have cost it, and still stops before crossing."""
-    clock = _Clock()
-    monkeypatch.setattr(callbacks_module.time, "monotonic", clock)
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    state = RunState()
-    budget = TimeBudget(20.0, clock.now)
-    switch = ProgressiveSize(state, 0.5, 100, pixel_ratio=2.25, budget=budget)
-    for callback in (switch, budget):
-        callback.set_model(model)
-
-    def epoch(index: int, start: float, end: float) -> None:
-        model.stop_training = False  # as each fit sets it
-        clock.now = 1000.0 + 60 * start
-        budget.on_epoch_begin(index)
-        clock.now = 1000.0 + 60 * end
-        switch.on_epoch_end(index)
-        budget.on_epoch_end(index)
-
+    run = _ProgressiveRun(monkeypatch, 20.0, 0.5)
     for index, (start, end) in enumerate([(0, 2), (2, 5), (5, 7), (7, 9), (9, 11)]):
-        epoch(index, start, end)
-    assert state.full_size and budget.longest_epoch_min == pytest.approx(6.75)  # switched at 55 %
-    assert not budget.exhausted  # 11 + 6.75 <= 20
-    epoch(5, 11, 15)
-    assert not budget.exhausted  # 15 + 4 <= 20: the 6.75 guess would have stopped here
-    epoch(6, 15, 19)
-    assert budget.exhausted
+        run.epoch(index, start, end)
+    assert run.state.full_size and run.budget.longest_epoch_min == pytest.approx(6.75)  # switched at 55 %
+    assert not run.budget.exhausted  # 11 + 6.75 <= 20
+    run.epoch(5, 11, 15)
+    assert not run.budget.exhausted  # 15 + 4 <= 20: the 6.75 guess would have stopped here
+    run.epoch(6, 15, 19)
+    assert run.budget.exhausted
     assert "would be crossed by epoch 8 (19.0 min used, epochs take up to 4.0 min)" in capsys.readouterr().out
