@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     add("--minutes", type=float, default=28.0, help="training budget (--max-minutes)")
     add("--report", action="store_true", help="only tabulate the finished runs under --out")
     add("--plot", type=Path, help="also draw validation Dice against minutes per run into this PNG")
+    add("--only", action="append", default=[], help="tabulate and plot only this recipe's runs, repeatable")
     args = parser.parse_args(argv)
     if not args.report:
         if not args.recipe:
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| recipe | seed | training | Dice: {columns} | with flip TTA |")
     print("|---|---|---|---|---|")
     finished = [folder for folder in sorted(args.out.glob("*-seed*")) if (folder / "DONE").is_file()]
+    if args.only:
+        finished = [folder for folder in finished if folder.name.rpartition("-seed")[0] in args.only]
     for folder in finished:
         print(row(folder))
     if args.plot:
