@@ -331,30 +331,26 @@ class TimeBudget(keras.callbacks.Callback):
         self.exhausted = False
         self.epoch_start = start_time
         self.longest_epoch_min = 0.0
-        self._estimated = False  # longest_epoch_min is a guess for epochs not yet timed
-        self._timing_first_longer = False
+        self._new_size = False  # from expect_longer_epochs until the next epoch starts
 
     def expect_longer_epochs(self, ratio: float) -> None:
         """The coming epochs will take about ``ratio`` times the longest so far (progressive
-        resizing's switch to full-size photos): estimate the next one that way, and once it has
-        been timed, go by the longer epochs alone. The guess scales the slowest small epoch, a
-        busy moment of a shared machine among them (2.5 min where the others took 1.4), and
-        kept as a floor it ended runs an epoch early."""
+        resizing's switch to full-size photos): estimate the next one that way, then time the
+        longer epochs afresh. The guess scales the slowest small epoch, a busy moment of a shared
+        machine among them (2.5 min where the others took 1.4), and kept as a floor it ended runs
+        an epoch early."""
         self.longest_epoch_min *= ratio
-        self._estimated = True
+        self._new_size = True
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch_start = time.monotonic()
-        self._timing_first_longer, self._estimated = self._estimated, False
+        if self._new_size:  # the guess judged the last small epoch's end; from here, measurements
+            self.longest_epoch_min, self._new_size = 0.0, False
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         now = time.monotonic()
         minutes = (now - self.start_time) / 60
-        took = (now - self.epoch_start) / 60
-        if self._timing_first_longer:
-            self.longest_epoch_min, self._timing_first_longer = took, False
-        else:
-            self.longest_epoch_min = max(self.longest_epoch_min, took)
+        self.longest_epoch_min = max(self.longest_epoch_min, (now - self.epoch_start) / 60)
         if minutes >= self.max_minutes:
             reason = f"reached after epoch {epoch + 1} ({minutes:.1f} min)"
         elif minutes + self.longest_epoch_min > self.max_minutes:
