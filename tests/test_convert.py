@@ -16,7 +16,7 @@ from PIL import Image
 from trainer.data.convert import main
 from trainer.data.layout import read_photo
 from trainer.data.storage import file_sha256
-from trainer.data.tfrecord import parse_example
+from trainer.data.tfrecord import SCHEMA_VERSION, parse_example
 
 
 def records(folder: Path) -> list[dict]:
@@ -27,6 +27,8 @@ def records(folder: Path) -> list[dict]:
             features = {k: v.numpy() for k, v in parse_example(serialized).items()}
             features["image"] = tf.io.decode_jpeg(features["image/encoded"], channels=3).numpy()
             features["mask"] = tf.io.decode_png(features["mask/encoded"], channels=1).numpy()[..., 0]
+            if features["mask/coverage"]:
+                features["coverage"] = tf.io.decode_png(features["mask/coverage"], channels=1).numpy()[..., 0]
             out.append(features)
     return out
 
@@ -121,6 +123,9 @@ def test_resize_at_conversion_with_two_workers(sample_data: Path, tmp_path: Path
         full = source_mask(sample_data, e).astype(np.float32)
         area = full.reshape(64, 2, 96, 2).mean(axis=(1, 3))
         np.testing.assert_array_equal(e["mask"], (area >= 0.5).astype(np.uint8))
+        # Beside it, the share of each pixel the car covers (the soft training target), x255.
+        np.testing.assert_array_equal(e["coverage"], np.rint(area * 255).astype(np.uint8))
+        assert set(np.unique(e["coverage"])) - {0, 255}, "no pixel on the edge is partly covered"
         name = f"{e['image/id'].decode()}_{e['image/angle']:02d}.jpg"
         photo = Image.open(sample_data / "train" / name)
         reference = np.asarray(photo.resize((96, 64), Image.Resampling.LANCZOS), int)
@@ -155,6 +160,24 @@ def test_resume_rewrites_only_the_deleted_shard(
     assert main([*args[:-4], "--shards-per-split", "1", "--workers", "1"]) == 0
     assert "resuming" not in capsys.readouterr().out
     assert sorted(p.name for p in (out / "train").iterdir()) == ["train-00000-of-00001.tfrecord"]
+
+
+def test_a_newer_schema_rewrites_the_shards(
+    sample_tfrecords: Path,
+    sample_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Shards written by an older ``carvana convert`` (no mask/coverage) are not kept on a re-run."""
+    out = Path(shutil.copytree(sample_tfrecords, tmp_path / "out"))
+    args = ["--data", str(sample_data), "--out", str(out), "--val-fraction", "0.34"]
+    args += ["--shards-per-split", "2", "--workers", "1"]
+    assert main(args) == 0
+    assert "resuming: 4 of 4 shards already converted" in capsys.readouterr().out
+    monkeypatch.setattr("trainer.data.convert.SCHEMA_VERSION", SCHEMA_VERSION + 1)
+    assert main(args) == 0
+    assert "resuming" not in capsys.readouterr().out
 
 
 def test_verify_reports_corrupted_and_missing_shards(

@@ -18,7 +18,13 @@ from trainer.data.pipeline import (
     make_dataset,
     resize_pair,
 )
-from trainer.data.tfrecord import decode_example, encode_example, encode_mask_png
+from trainer.data.tfrecord import (
+    decode_example,
+    encode_coverage_png,
+    encode_example,
+    encode_jpeg,
+    encode_mask_png,
+)
 
 SIZE = (64, 96)
 
@@ -54,20 +60,64 @@ def test_batches_have_the_contracted_shapes_and_values(sample_tfrecords: Path, t
         assert set(np.unique(mask)) <= {0.0, 1.0} and mask.mean() > 0.02
 
 
+def in_batch_order(folder: Path) -> list[tf.Tensor]:
+    """The records of a two-shard split in the order evaluation batches hold them: interleave
+    alternates between the two shards (cycle 2, block 1)."""
+    records = [record for shard in list_shards(folder) for record in tf.data.TFRecordDataset(shard)]
+    half = len(records) // 2
+    return [records[i] for pair in zip(range(half), range(half, 2 * half), strict=True) for i in pair]
+
+
 def test_evaluation_batches_are_the_resized_records_in_order(sample_tfrecords: Path) -> None:
     folder = sample_tfrecords / "validation"
-    expected = []
-    for shard in list_shards(folder):
-        for record in tf.data.TFRecordDataset(shard):
-            image, mask = resize_pair(*decode_example(record), SIZE)
-            expected.append((image.numpy() / 255.0, mask.numpy()))
-    # Interleave alternates between the two shards (cycle 2, block 1).
-    order = [expected[i] for pair in zip(range(8), range(8, 16), strict=True) for i in pair]
     got = [(x, y) for xb, yb in batches(folder, training=False) for x, y in zip(xb, yb, strict=True)]
     assert len(got) == 16
-    for (x, y), (ex, ey) in zip(got, order, strict=True):
-        np.testing.assert_allclose(x, ex, atol=1e-6)
-        np.testing.assert_array_equal(y, ey)
+    for (x, y), record in zip(got, in_batch_order(folder), strict=True):
+        image, mask = resize_pair(*decode_example(record), SIZE)
+        np.testing.assert_allclose(x, image.numpy() / 255.0, atol=1e-6)
+        np.testing.assert_array_equal(y, mask.numpy())
+
+
+def test_soft_masks_are_the_share_of_each_pixel_the_car_covers(sample_tfrecords: Path) -> None:
+    """Full-size records shrunk 2x: each mask pixel is the mean of its 2x2 block of the record's
+    mask (to the 1/255 it is kept at), and cut at 0.5 it is the default {0, 1} mask."""
+    folder = sample_tfrecords / "validation"
+    soft = [y for _, yb in batches(folder, training=False, soft_masks=True) for y in yb]
+    exact = [y for _, yb in batches(folder, training=False) for y in yb]
+    partial = 0
+    for record, got, cut in zip(in_batch_order(folder), soft, exact, strict=True):
+        full = decode_example(record)[1].numpy()[..., 0].astype(np.float32)
+        share = full.reshape(SIZE[0], 2, SIZE[1], 2).mean(axis=(1, 3))
+        np.testing.assert_allclose(got[..., 0], share, atol=0.5 / 255)
+        np.testing.assert_array_equal(got >= 0.5, cut == 1)
+        partial += np.count_nonzero((got > 0) & (got < 1))
+    assert partial > 100
+
+
+def test_soft_masks_come_from_the_records_coverage(tmp_path: Path) -> None:
+    """Records converted with --size carry mask/coverage: at their own size it is the mask as is."""
+    coverage = np.tile(np.linspace(0, 1, SIZE[1], dtype=np.float32), (SIZE[0], 1))
+    levels = np.rint(coverage * 255)
+    folder = tmp_path / "records"
+    folder.mkdir()
+    with tf.io.TFRecordWriter(str(folder / "r-00000-of-00001.tfrecord")) as writer:
+        writer.write(
+            encode_example(
+                image_jpeg=encode_jpeg(np.full((*SIZE, 3), 120, np.uint8)),
+                mask_png=encode_mask_png(levels >= 128),
+                coverage_png=encode_coverage_png(coverage),
+                car_id="0123456789ab",
+                angle=1,
+                height=SIZE[0],
+                width=SIZE[1],
+                original_height=4 * SIZE[0],
+                original_width=4 * SIZE[1],
+            )
+        )
+    [(_, soft)] = batches(folder, training=False, soft_masks=True)
+    np.testing.assert_allclose(soft[0, ..., 0], levels / 255, atol=1e-6)
+    [(_, exact)] = batches(folder, training=False)
+    np.testing.assert_array_equal(exact[0, ..., 0], levels >= 128)
 
 
 def test_deterministic_mode_repeats_order_and_augmentation(sample_tfrecords: Path) -> None:
@@ -131,13 +181,17 @@ def edge_band(mask: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path) -> None:
+@pytest.mark.parametrize("soft", [False, True])
+def test_augmentation_keeps_image_and_mask_aligned(tmp_path: Path, soft: bool) -> None:
     folder = encoded_mask_dataset(tmp_path)
-    plain = np.concatenate([y for _, y in batches(folder, training=False)])
-    augmented = batches(folder, training=True)
+    plain = np.concatenate([y for _, y in batches(folder, training=False, soft_masks=soft)])
+    augmented = batches(folder, training=True, soft_masks=soft)
     images = np.concatenate([x for x, _ in augmented])
     masks = np.concatenate([y for _, y in augmented])
-    assert set(np.unique(masks)) <= {0.0, 1.0}
+    if soft:  # resampled bilinearly: shares of pixels, some partial
+        assert masks.min() >= 0.0 and masks.max() <= 1.0 and np.any((masks > 0) & (masks < 1))
+    else:
+        assert set(np.unique(masks)) <= {0.0, 1.0}
     moved = 0
     for image, mask, original in zip(images, masks, plain, strict=True):
         grey = image.mean(axis=-1)

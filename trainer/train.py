@@ -159,6 +159,7 @@ def _training_dataset(config: TrainConfig, global_batch: int, *, small: bool = F
         augment=config.pipeline.augment,
         seed=config.runtime.seed,
         cache=config.pipeline.cache,
+        soft_masks=config.pipeline.soft_masks,
     )
     dataset = make_dataset(config.paths.train_dir, pipeline, training=True)
     return _with_length(dataset, config.paths.train_dir, config, global_batch)
@@ -168,7 +169,12 @@ def _datasets(
     config: TrainConfig, global_batch: int
 ) -> tuple[tf.data.Dataset, tf.data.Dataset, tf.data.Dataset]:
     """Training (augmented, shuffled), validation, and the same training photos unaugmented."""
-    plain = PipelineConfig(image_size=config.model.image_size, batch_size=global_batch, augment=False)
+    plain = PipelineConfig(
+        image_size=config.model.image_size,
+        batch_size=global_batch,
+        augment=False,
+        soft_masks=config.pipeline.soft_masks,
+    )
     return (
         _training_dataset(config, global_batch),
         _with_length(

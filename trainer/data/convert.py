@@ -12,8 +12,9 @@ Why it is built this way:
   the cost, and one shard per task keeps each writer sequential.
 * Each shard is written under a temporary name and renamed, so a shard file is whole or absent.
 * Each shard's record carries an ``inputs`` digest (its photo names and sizes plus the options);
-  a re-run skips a shard whose stored sha256 matches the record for the same inputs, so an
-  interrupted conversion resumes and changed options rebuild. Finished shards are recorded in
+  a re-run skips a shard whose stored sha256 matches the record for the same inputs (and the same
+  ``tfrecord.SCHEMA_VERSION``), so an interrupted conversion resumes and changed options (or
+  a newer schema) rebuild. Finished shards are recorded in
   ``.convert-progress.json`` as they complete; ``manifest.json`` is written last (after the
   uploads, for S3), so a manifest never names a shard that is not there.
 * ``--verify`` re-hashes every shard named in the manifest and exits 1 when any is corrupt or
@@ -51,7 +52,13 @@ from trainer.data.layout import (
     split_by_car,
 )
 from trainer.data.storage import file_sha256, opened
-from trainer.data.tfrecord import encode_example, encode_jpeg, encode_mask_png
+from trainer.data.tfrecord import (
+    SCHEMA_VERSION,
+    encode_coverage_png,
+    encode_example,
+    encode_jpeg,
+    encode_mask_png,
+)
 
 MANIFEST = "manifest.json"
 PROGRESS = ".convert-progress.json"
@@ -241,14 +248,17 @@ def _example_fields(photo: Photo, size: tuple[int, int] | None) -> dict:
     image = read_photo(photo.image_path)
     original_height, original_width = image.shape[:2]
     mask = read_mask(photo, (original_height, original_width))
+    coverage = b""
     if size is None:
         jpeg = photo.image_path.read_bytes()
     else:
-        image, mask = _shrink_pair(image, mask, size)
-        jpeg = encode_jpeg(image)
+        image, area = _shrink_pair(image, mask, size)
+        mask = area >= 0.5
+        jpeg, coverage = encode_jpeg(image), encode_coverage_png(area)
     return {
         "image_jpeg": jpeg,
         "mask_png": encode_mask_png(mask),
+        "coverage_png": coverage,
         "car_id": photo.car_id,
         "angle": photo.angle,
         "height": image.shape[0],
@@ -259,12 +269,13 @@ def _example_fields(photo: Photo, size: tuple[int, int] | None) -> dict:
 
 
 def _shrink_pair(image: np.ndarray, mask: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Resize a photo (Lanczos, antialiased) and its mask (area average, then >= 0.5, so the edge
-    stays sharp and lands where the car covers at least half of each output pixel)."""
+    """Resize a photo (Lanczos, antialiased) and its mask (area average: the share of each output
+    pixel the car covers, in [0, 1]; cut at 0.5 it is the stored mask, whose edge lands where the
+    car covers at least half of a pixel)."""
     height, width = size
     photo = Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS)
     area = Image.fromarray(mask.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BOX)
-    return np.asarray(photo), (np.asarray(area) >= 0.5).astype(np.uint8)
+    return np.asarray(photo), np.asarray(area)
 
 
 def _run(tasks: list[ShardTask], workers: int):
@@ -329,7 +340,7 @@ def _inputs_digest(name: str, photos: tuple[Photo, ...], options: ConvertOptions
         return [path.name, path.stat().st_size] if path is not None else []
 
     items = [[p.image_path.name, p.image_path.stat().st_size, stat(p.mask_path), p.mask_rle] for p in photos]
-    payload = json.dumps([name, asdict(options), items], sort_keys=True, default=list)
+    payload = json.dumps([name, asdict(options), items, SCHEMA_VERSION], sort_keys=True, default=list)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

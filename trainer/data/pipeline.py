@@ -39,7 +39,9 @@ class PipelineConfig:
     ``image_size`` has no default: it is the model's input size, which the caller (training, preview,
     benchmark) owns; a second default here would silently disagree with it. ``crop_size``: training
     batches are random windows of that size cut from the photo at ``image_size`` (the car at the
-    scale the model sees in use, at a fraction of a step's cost).
+    scale the model sees in use, at a fraction of a step's cost). ``soft_masks``: the mask is the
+    share of each pixel the car covers (``mask/coverage``, or the area average of a larger mask),
+    not that share cut at 0.5.
     """
 
     image_size: tuple[int, int]
@@ -51,6 +53,7 @@ class PipelineConfig:
     seed: int = 0
     repeat: bool = False
     cache: bool = False
+    soft_masks: bool = False
 
 
 def list_shards(folder: str | Path) -> list[str]:
@@ -77,7 +80,8 @@ def count_examples(folder: str | Path) -> int:
 
 
 def make_dataset(folder: str | Path, config: PipelineConfig, *, training: bool) -> tf.data.Dataset:
-    """Batches of (image float32 (B,H,W,3) in [0,1], mask float32 (B,H,W,1) in {0,1}).
+    """Batches of (image float32 (B,H,W,3) in [0,1], mask float32 (B,H,W,1) in {0,1}, or in [0, 1]
+    with ``soft_masks``).
 
     ``training=False``: no augmentation and no shuffling (validation, evaluation, preview).
     """
@@ -95,7 +99,8 @@ def make_dataset(folder: str | Path, config: PipelineConfig, *, training: bool) 
         num_parallel_calls=AUTOTUNE,
         deterministic=ordered,
     )
-    load = lambda record: _load(record, config.image_size)  # noqa: E731
+    soft = config.soft_masks
+    load = lambda record: _load(record, config.image_size, soft)  # noqa: E731
     if config.cache:  # decoded at model size, uint8: the cheapest form to keep in memory
         ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=ordered).cache()
     if shuffle:
@@ -112,23 +117,33 @@ def make_dataset(folder: str | Path, config: PipelineConfig, *, training: bool) 
             seed=config.seed, rerandomize_each_iteration=not config.deterministic
         ).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, seed: _random_view(pair[0], pair[1], seed, crop=crop, augment_=config.augment),
+            lambda pair, seed: _random_view(
+                pair[0], pair[1], seed, crop=crop, augment_=config.augment, soft=soft
+            ),
             num_parallel_calls=AUTOTUNE,
             deterministic=ordered,
         )
     else:
-        ds = ds.map(_to_float, num_parallel_calls=AUTOTUNE, deterministic=ordered)
+        ds = ds.map(
+            lambda image, mask: _to_float(image, mask, soft),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=ordered,
+        )
     return ds.batch(config.batch_size, num_parallel_calls=AUTOTUNE, deterministic=ordered).prefetch(AUTOTUNE)
 
 
-def resize_pair(image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
+def resize_pair(
+    image: tf.Tensor, mask: tf.Tensor, size: tuple[int, int], *, soft: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Resize to the model size: the photo antialiased, the mask area-averaged then cut at 0.5 so it
-    stays {0, 1} with its edge where the car covers half a pixel. Returns uint8 tensors."""
+    stays {0, 1} with its edge where the car covers half a pixel. With ``soft`` the mask is a
+    coverage in 0..255 (``decode_example(coverage=True)``) and stays one: area-averaged, not cut.
+    Returns uint8 tensors."""
     height, width = size
     image = tf.image.resize(image, size, method="bilinear", antialias=True)
     mask = tf.image.resize(tf.cast(mask, tf.float32), size, method="area")
     image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    mask = tf.cast(mask >= 0.5, tf.uint8)
+    mask = tf.cast(tf.round(mask), tf.uint8) if soft else tf.cast(mask >= 0.5, tf.uint8)
     return tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(mask, (height, width, 1))
 
 
@@ -142,20 +157,29 @@ def random_crop(
 
 
 def _random_view(
-    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, *, crop: tuple[int, int] | None, augment_: bool
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    crop: tuple[int, int] | None,
+    augment_: bool,
+    soft: bool,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """A training example: cropped (``crop``) and/or augmented, with independent random numbers
     (without a crop, the augmentation's are those of ``seed`` itself, as before crops existed)."""
     if crop:
         crop_seed, seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
         image, mask = random_crop(image, mask, crop, crop_seed)
-    return augment(image, mask, seed) if augment_ else _to_float(image, mask)
+    return augment(image, mask, seed, soft=soft) if augment_ else _to_float(image, mask, soft)
 
 
-def augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def augment(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, *, soft: bool = False
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Random flip, scale and shift applied to image and mask together; brightness, contrast and
-    saturation to the image only. uint8 in, float32 in [0, 1] out; ``seed`` is an int64 pair."""
-    image, mask = _to_float(image, mask)
+    saturation to the image only. uint8 in, float32 in [0, 1] out; ``seed`` is an int64 pair. A
+    ``soft`` mask (coverage 0..255) is resampled bilinearly, a {0, 1} one by its nearest pixel."""
+    image, mask = _to_float(image, mask, soft)
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
     height, width = image.shape[0], image.shape[1]
 
@@ -182,17 +206,19 @@ def augment(image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tens
         )[0]
 
     image = warp(image, "BILINEAR")
-    mask = warp(mask, "NEAREST")
+    mask = warp(mask, "BILINEAR" if soft else "NEAREST")
     image = tf.image.stateless_random_brightness(image, BRIGHTNESS, seeds[3])
     image = tf.image.stateless_random_contrast(image, *CONTRAST, seeds[4])
     image = tf.image.stateless_random_saturation(image, *SATURATION, seeds[5])
     return tf.clip_by_value(image, 0.0, 1.0), mask
 
 
-def _load(record: tf.Tensor, size: tuple[int, int]) -> tuple[tf.Tensor, tf.Tensor]:
-    image, mask = decode_example(record)
-    return resize_pair(image, mask, size)
+def _load(record: tf.Tensor, size: tuple[int, int], soft: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    image, mask = decode_example(record, coverage=soft)
+    return resize_pair(image, mask, size, soft=soft)
 
 
-def _to_float(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.image.convert_image_dtype(image, tf.float32), tf.cast(mask, tf.float32)
+def _to_float(image: tf.Tensor, mask: tf.Tensor, soft: bool = False) -> tuple[tf.Tensor, tf.Tensor]:
+    """uint8 image and mask -> float32 in [0, 1] (a ``soft`` mask's 0..255 divided by 255)."""
+    mask = tf.cast(mask, tf.float32)
+    return tf.image.convert_image_dtype(image, tf.float32), mask / 255.0 if soft else mask

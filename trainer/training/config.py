@@ -161,6 +161,11 @@ class PipelineOptions:
 
     augment: bool = hyperparameter(True, "flip/zoom/shift/colour")
     cache: bool = hyperparameter(True, "keep decoded photos in RAM")
+    soft_masks: bool = hyperparameter(
+        True,
+        "train and validate on the share of each pixel the car covers (the records' mask/coverage, "
+        "or a larger mask area-averaged) instead of that share cut at 0.5; true|false",
+    )
     progressive_scale: float = hyperparameter(
         0.67,
         "side of the training photos of the run's first --progressive-share, as a share of "
