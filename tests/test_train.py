@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from trainer.model.shape import EdgeRefinement
 from trainer.model_metadata import read_metadata
-from trainer.train import build_model, export, main, train
+from trainer.train import _datasets, build_model, export, main, train
 from trainer.training import callbacks as callbacks_module
 from trainer.training.callbacks import (
     CosineSchedule,
@@ -365,6 +365,17 @@ def test_export_after_mixed_precision_training_is_plain_float32(tmp_path):
         if node.op == "Conv2D"
     }
     assert conv_types == {"float32"}
+
+
+def test_soft_masks_reach_training_and_validation(sample_tfrecords, tmp_path):
+    """``--soft-masks true``: the 64x96 targets shrunk from the 128x192 records are the car's
+    coverage of each pixel, in training and validation batches alike; by default they are {0, 1}."""
+    for flag, soft in (("false", False), ("true", True)):
+        config = parse_config(run_args(sample_tfrecords, tmp_path, "--soft-masks", flag), {})
+        for dataset in _datasets(config, 4)[:2]:
+            masks = np.concatenate([y.numpy() for _, y in dataset.take(2)])
+            assert masks.min() == 0.0 and masks.max() == 1.0
+            assert np.any((masks > 0) & (masks < 1)) == soft
 
 
 @pytest.mark.parametrize(

@@ -162,7 +162,7 @@ class PipelineOptions:
     augment: bool = hyperparameter(True, "flip/zoom/shift/colour")
     cache: bool = hyperparameter(True, "keep decoded photos in RAM")
     soft_masks: bool = hyperparameter(
-        True,
+        False,
         "train and validate on the share of each pixel the car covers (the records' mask/coverage, "
         "or a larger mask area-averaged) instead of that share cut at 0.5; true|false",
     )
