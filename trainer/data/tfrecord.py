@@ -122,12 +122,13 @@ def decode_example(serialized: tf.Tensor, *, coverage: bool = False) -> tuple[tf
     # TF's default decoder on purpose: the exported serving graph decodes with it too (tf.io.decode_image),
     # so training and serving see the same pixels (Pillow's differ by a few levels at edges).
     image = tf.io.decode_jpeg(features["image/encoded"], channels=3)
-    mask = tf.io.decode_png(features["mask/encoded"], channels=1)
-    if coverage:
-        stored = features["mask/coverage"]
-        mask = tf.cond(
-            tf.strings.length(stored) > 0,
-            lambda: tf.io.decode_png(stored, channels=1),
-            lambda: mask * 255,
-        )
-    return image, mask
+
+    def cut_mask() -> tf.Tensor:
+        return tf.io.decode_png(features["mask/encoded"], channels=1)
+
+    if not coverage:
+        return image, cut_mask()
+    stored = features["mask/coverage"]  # one PNG decoded per record: the cut mask only without it
+    return image, tf.cond(
+        tf.strings.length(stored) > 0, lambda: tf.io.decode_png(stored, channels=1), lambda: cut_mask() * 255
+    )
